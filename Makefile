@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` (set up, then run the offline demo) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-base
+PARITY_STAMP := $(VENV)/.installed-parity
+SAMPLES := jaxbiqa/eval/samples
+
+.PHONY: setup demo test test-parity clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test,demo]"
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/jaxbiqa eval-predictions $(SAMPLES)/model_a --human $(SAMPLES)/human.json --json runs/demo/sample_metrics.json
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# Parity with transformers' PyTorch models: installs the CPU torch wheel (about 1 GB), then runs those tests only.
+$(PARITY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,demo,parity]"
+	touch $@
+
+test-parity: $(PARITY_STAMP)
+	$(BIN)/python -m pytest -q -m parity
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

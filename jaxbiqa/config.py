@@ -1,0 +1,260 @@
+"""Configs: frozen dataclasses, loaded from Python files in `configs/`, with typed `--set` overrides.
+
+A config file defines `get_config() -> Config`. Overrides are `dotted.key=value` strings; the
+value is parsed for the field's declared type (int, float, bool, str, Literal, tuple, Optional,
+dict entries), and an unknown key fails listing the valid keys with the closest one suggested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file, key or value that cannot be used; the message says which and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    # a Hugging Face checkpoint directory (config.json + safetensors), or a config.json for random init
+    path: str = ""
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    remat: bool = False
+    scan_layers: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSection:
+    # axis name -> size; one size may be -1 for "all remaining devices"
+    shape: dict[str, int] = dataclasses.field(default_factory=lambda: {"data": 1, "fsdp": -1, "tensor": 1})
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardsSection:
+    """The reward terms and their parameters (method.md sections 4, 6, 8)."""
+
+    # reward name -> weight; a term with weight 0 is not computed
+    weights: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"score": 1.0, "self_consistency": 1.0, "reasoning": 1.0, "format": 0.0})
+    score_kind: Literal["threshold", "cosine", "gaussian"] = "cosine"
+    score_threshold: float = 0.35
+    score_sigma: float = 0.35
+    consistency_target: Literal["mos", "pass1"] = "mos"
+    reasoning_metric: Literal["precision", "recall", "fmeasure"] = "precision"
+    reasoning_fields: tuple[str, ...] = ("description", "good_aspect", "bad_aspect")
+    reasoning_floor: float = 0.1
+    reasoning_source: Literal["completion", "caption"] = "completion"
+    format_value: float = 0.5
+    format_strict: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSection:
+    on_invalid: Literal["drop", "fill"] = "drop"
+    fill_value: float = -1.0
+    logistic: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    seed: int = 0
+    output_dir: str = "runs/default"
+    model: ModelSection = ModelSection()
+    mesh: MeshSection = MeshSection()
+    rewards: RewardsSection = RewardsSection()
+    eval: EvalSection = EvalSection()
+
+
+# ---------------------------------------------------------------- parsing values by declared type
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _closest(key: str, valid: Sequence[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {match[0]!r}?)" if match else ""
+    return f"{hint}; valid keys: {', '.join(sorted(valid))}"
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert `value` (a string from the command line, or a JSON-like value) to type `tp`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{where}: {value!r} matches none of {tp}: {'; '.join(errors)}")
+    if origin is Literal:
+        for choice in args:
+            if value == choice or (isinstance(value, str) and str(choice) == value):
+                return choice
+        raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: {value!r} is not a boolean (true/false)")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got a boolean")
+        try:
+            number = tp(value) if not isinstance(value, str) else tp(value.strip())
+        except (TypeError, ValueError):
+            try:  # "1e-6" for an int field, "3" for a float field
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: {value!r} is not a {tp.__name__}") from None
+        if tp is int:
+            if float(number) != int(float(number)):
+                raise ConfigError(f"{where}: {value!r} is not an integer")
+            return int(float(number))
+        return float(number)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        items = _as_sequence(value, where)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(items))
+        if len(items) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} items, got {len(items)}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(items, args)))
+    if origin in (dict, Mapping) or tp is dict:
+        mapping = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(mapping, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        key_t, val_t = args or (str, Any)
+        return {_coerce(k, key_t, where): _coerce(v, val_t, f"{where}.{k}") for k, v in mapping.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: a section cannot be set to {value!r}; set its keys instead")
+        return from_dict(tp, value, where)
+    if tp is Any:
+        return value
+    raise ConfigError(f"{where}: unsupported field type {tp}")
+
+
+def _as_sequence(value: Any, where: str) -> list:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return list(json.loads(text))
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{where}: {value!r} is not a JSON list ({err})") from None
+        return [] if not text else [v.strip() for v in text.split(",")]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise ConfigError(f"{where}: expected a list, got {value!r}")
+
+
+# ---------------------------------------------------------------- dicts and overrides
+
+def from_dict(cls: type, data: Mapping[str, Any], where: str = "config") -> Any:
+    """Build dataclass `cls` from a (possibly partial) nested mapping, validating keys and types."""
+    hints = _field_types(cls)
+    unknown = [k for k in data if k not in hints]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}{_closest(unknown[0], list(hints))}")
+    values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**values)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """JSON-ready nested dict of a config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def apply_override(config: Any, assignment: str) -> Any:
+    """Return `config` with one `a.b.c=value` override applied."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like key.path=value")
+    key, raw = assignment.split("=", 1)
+    return _set(config, key.strip().split("."), raw, key.strip())
+
+
+def _set(node: Any, path: list[str], raw: str, full_key: str) -> Any:
+    head, rest = path[0], path[1:]
+    if dataclasses.is_dataclass(node):
+        hints = _field_types(type(node))
+        if head not in hints:
+            prefix = full_key[: len(full_key) - len(".".join(path))]
+            raise ConfigError(f"unknown config key {full_key!r}{_closest(prefix + head, [prefix + k for k in hints])}")
+        current = getattr(node, head)
+        if rest:
+            if not (dataclasses.is_dataclass(current) or isinstance(current, Mapping)):
+                raise ConfigError(f"config key {full_key!r}: {head!r} is a value, not a section")
+            new = _set(current, rest, raw, full_key)
+            if isinstance(current, Mapping):
+                new = _coerce(new, hints[head], full_key)
+        else:
+            new = _coerce(raw, hints[head], full_key)
+        return dataclasses.replace(node, **{head: new})
+    if isinstance(node, Mapping):  # a dict field: set or add one entry; the value is parsed as JSON if it can be
+        if rest:
+            raise ConfigError(f"config key {full_key!r}: entries of {head!r} have no sub-keys")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        return {**node, head: value}
+    raise ConfigError(f"config key {full_key!r}: cannot descend into a value")
+
+
+# ---------------------------------------------------------------- config files
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A config file path, or a recipe name looked up in the repository's `configs/`."""
+    path = Path(name_or_path)
+    if path.suffix == ".py" and path.is_file():
+        return path
+    candidate = CONFIGS_DIR / f"{path.stem if path.suffix == '.py' else name_or_path}.py"
+    if candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in CONFIGS_DIR.glob("*.py")) if CONFIGS_DIR.is_dir() else []
+    raise ConfigError(f"config {name_or_path!r} not found (not a file; recipes in {CONFIGS_DIR}: {', '.join(known) or 'none'})")
+
+
+def load_config(name_or_path: str | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load a config file (or the defaults when None) and apply `key=value` overrides in order."""
+    config = Config()
+    if name_or_path:
+        path = resolve_config_path(name_or_path)
+        spec = importlib.util.spec_from_file_location(f"jaxbiqa_config_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"{path}: a config file must define get_config() -> Config")
+        config = module.get_config()
+        if not isinstance(config, Config):
+            raise ConfigError(f"{path}: get_config() returned {type(config).__name__}, not jaxbiqa.config.Config")
+    for assignment in overrides:
+        config = apply_override(config, assignment)
+    return config
