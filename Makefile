@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/jaxbiqa eval-predictions $(SAMPLES)/model_a --human $(SAMPLES)/human.json --json runs/demo/sample_metrics.json
+	$(BIN)/jaxbiqa eval-predictions $(SAMPLES)/model_a --human $(SAMPLES)/human.json --logistic --json runs/demo/sample_metrics.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

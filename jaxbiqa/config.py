@@ -25,22 +25,6 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelSection:
-    # a Hugging Face checkpoint directory (config.json + safetensors), or a config.json for random init
-    path: str = ""
-    param_dtype: Literal["float32", "bfloat16"] = "float32"
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    remat: bool = False
-    scan_layers: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshSection:
-    # axis name -> size; one size may be -1 for "all remaining devices"
-    shape: dict[str, int] = dataclasses.field(default_factory=lambda: {"data": 1, "fsdp": -1, "tensor": 1})
-
-
-@dataclasses.dataclass(frozen=True)
 class RewardsSection:
     """The reward terms and their parameters (method.md sections 4, 6, 8)."""
 
@@ -60,21 +44,11 @@ class RewardsSection:
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalSection:
-    on_invalid: Literal["drop", "fill"] = "drop"
-    fill_value: float = -1.0
-    logistic: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
 class Config:
     name: str = "default"
     seed: int = 0
     output_dir: str = "runs/default"
-    model: ModelSection = ModelSection()
-    mesh: MeshSection = MeshSection()
     rewards: RewardsSection = RewardsSection()
-    eval: EvalSection = EvalSection()
 
 
 # ---------------------------------------------------------------- parsing values by declared type

@@ -10,12 +10,12 @@ def test_override_parses_by_declared_type():
     config = Config()
     config = apply_override(config, "seed=7")
     config = apply_override(config, "rewards.score_threshold=0.3")
-    config = apply_override(config, "model.remat=true")
+    config = apply_override(config, "rewards.format_strict=false")
     config = apply_override(config, "rewards.reasoning_fields=description,bad_aspect")
     config = apply_override(config, "rewards.score_kind=gaussian")
     assert config.seed == 7 and isinstance(config.seed, int)
     assert config.rewards.score_threshold == 0.3
-    assert config.model.remat is True
+    assert config.rewards.format_strict is False
     assert config.rewards.reasoning_fields == ("description", "bad_aspect")
     assert config.rewards.score_kind == "gaussian"
     assert Config().rewards.score_threshold == 0.35  # the original is untouched (frozen)
@@ -33,7 +33,7 @@ def test_override_dict_entry_keeps_other_entries():
     ("rewards.score_treshold=0.3", "did you mean 'rewards.score_threshold'"),
     ("sead=1", "did you mean 'seed'"),
     ("seed=1.5", "not an integer"),
-    ("model.remat=maybe", "not a boolean"),
+    ("rewards.format_strict=maybe", "not a boolean"),
     ("rewards.score_kind=linear", "not one of"),
     ("rewards=1", "cannot be set"),
     ("seed", "key.path=value"),
@@ -46,8 +46,8 @@ def test_bad_override_is_a_clear_error(assignment, message):
 
 def test_unknown_key_lists_valid_keys():
     with pytest.raises(ConfigError) as info:
-        apply_override(Config(), "eval.on_invalidd=drop")
-    assert "eval.on_invalid" in str(info.value) and "eval.fill_value" in str(info.value)
+        apply_override(Config(), "rewards.score_kindd=cosine")
+    assert "rewards.score_kind" in str(info.value) and "rewards.format_value" in str(info.value)
 
 
 def test_dict_round_trip_is_validated():

@@ -1,0 +1,124 @@
+"""How human-like the model's perception is: ROUGE-1 of its captions against Q-Reasoning texts.
+
+The caption of a pass-1 completion is the text inside ``<caption>…</caption>``; without those
+tags, the text before ``<think>``. A completion with neither has no caption: it is scored 0 (an
+empty candidate) and counted in `n_no_caption`, so a model is not rewarded for dropping the layout.
+
+The reference of an image is its human description, good aspect and bad aspect joined by single
+spaces (the reasoning reward's reference, method.md section 4). Human files are JSON lists of
+records with an ``image`` key, as ``q-reasoning/human_test.json``; a text field may be
+``{"answer": str}``, a plain string, or a list of strings (joined by spaces). Images are matched by
+exact name, else by file name (``dir/x.jpg`` matches ``x.jpg``).
+
+ROUGE-1 is rouge-score's, with its default tokenizer and no stemmer; precision is the share of
+caption words found in the human text, recall the share of human words found in the caption.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from rouge_score import rouge_scorer
+
+HUMAN_FIELDS = ("description", "good_aspect", "bad_aspect")
+_CAPTION = re.compile(r"<caption>(.*?)</caption>", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class AlignmentResult:
+    n: int  # images with both a model completion and a human text
+    precision: float
+    recall: float
+    f: float
+    n_no_caption: int  # of those, completions without a caption (scored 0)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def extract_caption(completion: str) -> str | None:
+    """The caption of a pass-1 completion, or None when it has neither caption tags nor ``<think>``."""
+    match = _CAPTION.search(completion)
+    if match:
+        return match.group(1).strip()
+    if "<think>" in completion:
+        return completion.split("<think>", 1)[0].strip()
+    return None
+
+
+def _field_text(value: object, where: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, Mapping) and "answer" in value:
+        return _field_text(value["answer"], where)
+    if isinstance(value, Sequence):
+        return " ".join(t for t in (_field_text(v, where) for v in value) if t)
+    raise ValueError(f"{where}: expected a string, a list of strings or {{'answer': str}}, got {value!r}")
+
+
+def human_reference(record: Mapping, fields: Sequence[str] = HUMAN_FIELDS, where: str = "record") -> str:
+    """The fields' texts joined by spaces (missing fields are skipped)."""
+    return " ".join(t for t in (_field_text(record.get(f), f"{where}, field {f!r}") for f in fields) if t)
+
+
+def load_human_texts(path: str | Path, fields: Sequence[str] = HUMAN_FIELDS) -> dict[str, str]:
+    """image -> reference text, for the records of a Q-Reasoning-style file that have any text."""
+    path = Path(path)
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: malformed JSON: {err}") from err
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a JSON list of records")
+    texts: dict[str, str] = {}
+    seen: set[str] = set()
+    for i, record in enumerate(records):
+        where = f"{path}: record {i}"
+        if not isinstance(record, Mapping) or not isinstance(record.get("image"), str):
+            raise ValueError(f"{where}: expected an object with a string 'image'")
+        if record["image"] in seen:
+            raise ValueError(f"{where}: duplicate image {record['image']}")
+        seen.add(record["image"])
+        text = human_reference(record, fields, where)
+        if text:
+            texts[record["image"]] = text
+    return texts
+
+
+def _match(images: Sequence[str], human: Mapping[str, str]) -> dict[str, str]:
+    """prediction image -> human key, exact name first, then file name."""
+    by_name: dict[str, str | None] = {}
+    for key in human:
+        name = PurePosixPath(key).name
+        by_name[name] = None if name in by_name else key  # None: ambiguous file name
+    matched = {}
+    for image in images:
+        key = image if image in human else by_name.get(PurePosixPath(image).name)
+        if key is not None:
+            matched[image] = key
+    return matched
+
+
+def rouge1_alignment(completions: Mapping[str, str], human: Mapping[str, str]) -> AlignmentResult:
+    """Mean ROUGE-1 P/R/F of the captions of `completions` (image -> pass-1 text) against `human`."""
+    scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False)
+    matched = _match(list(completions), human)
+    scores, missing = [], 0
+    for image, key in matched.items():
+        caption = extract_caption(completions[image])
+        if caption is None:
+            missing += 1
+            caption = ""
+        s = scorer.score(human[key], caption)["rouge1"]
+        scores.append((s.precision, s.recall, s.fmeasure))
+    if not scores:
+        return AlignmentResult(0, float("nan"), float("nan"), float("nan"), 0)
+    p, r, f = np.mean(np.array(scores), axis=0)
+    return AlignmentResult(len(scores), float(p), float(r), float(f), missing)

@@ -1,0 +1,90 @@
+"""`jaxbiqa eval-predictions` on the bundled samples, options, and error exits."""
+
+import importlib.util
+import json
+import re
+
+import pytest
+
+from jaxbiqa.cli import main
+from jaxbiqa.eval import SAMPLES_DIR
+from jaxbiqa.eval.predictions_cmd import is_lower_is_better
+
+
+def _row(printed: str, dataset: str, label: str) -> list[str]:
+    block = printed.split(f"\n{dataset}", 1)[1]
+    return re.search(rf"^  {re.escape(label)}\s+(.*)$", block, re.M).group(1).split()
+
+
+def test_bundled_sample_prints_a_table(capsys, tmp_path):
+    out = tmp_path / "m.json"
+    rc = main(["eval-predictions", str(SAMPLES_DIR / "model_a"), str(SAMPLES_DIR / "model_b"),
+               "--human", str(SAMPLES_DIR / "human.json"), "--logistic", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "== model_a" in printed and "== model_b" in printed
+    assert "csiq  (lower is better: target negated)" in printed
+    header = re.search(r"^  score\s+(.*)$", printed, re.M).group(1).split()
+    assert header == ["N", "invalid", "PLCC", "SRCC", "KRCC", "RMSE", "PLCC-L", "RMSE-L"]
+    image = _row(printed, "koniq", "image")
+    assert image[:2] == ["19", "1"]  # 20 images, one unparsable (-1) output dropped
+    assert all(0.5 < float(v) <= 1.0 for v in image[2:5])  # made-up model tracks the target
+    csiq = _row(printed, "csiq", "image")
+    assert float(csiq[2]) > 0.5  # positive once the DMOS is negated
+    assert "gap image - caption only:" in printed
+    assert re.search(r"ROUGE-1 caption vs human \(N=12\): P 0\.\d{3}  R 0\.\d{3}  F 0\.\d{3}", printed)
+    report = json.loads(out.read_text())
+    model_a = report["models"][0]
+    assert model_a["label"] == "model_a" and set(model_a["datasets"]) == {"csiq", "koniq"}
+    assert model_a["datasets"]["koniq"]["alignment"]["n"] == 12
+    assert report["settings"]["on_invalid"] == "drop"
+
+
+def test_fill_keeps_invalid_predictions(capsys, tmp_path):
+    out = tmp_path / "m.json"
+    assert main(["eval-predictions", str(SAMPLES_DIR / "model_a"), "--on-invalid", "fill", "--json", str(out)]) == 0
+    column = json.loads(out.read_text())["models"][0]["datasets"]["koniq"]["columns"]["overall_score"]
+    assert (column["n"], column["n_invalid"], column["on_invalid"]) == (20, 1, "fill")
+    assert column["plcc_logistic"] is None  # no --logistic
+
+
+def test_explicit_lower_is_better(tmp_path, capsys):
+    folder = tmp_path / "kadid"
+    folder.mkdir()
+    records = [{"image": f"{i}.png", "gt_score": float(i), "overall_score": 5.0 - i} for i in range(5)]
+    (folder / "p0.json").write_text(json.dumps(records))
+    out = tmp_path / "m.json"
+
+    def srcc() -> float:
+        return json.loads(out.read_text())["models"][0]["datasets"]["kadid"]["columns"]["overall_score"]["srcc"]
+
+    assert main(["eval-predictions", str(folder), "--json", str(out)]) == 0
+    assert srcc() == pytest.approx(-1.0)
+    assert main(["eval-predictions", str(folder), "--lower-is-better", "KADID", "--json", str(out)]) == 0
+    assert srcc() == pytest.approx(1.0)
+
+
+def test_csiq_auto_detection():
+    assert is_lower_is_better("csiq", []) and is_lower_is_better("CSIQ-test", [])
+    assert not is_lower_is_better("koniq", []) and not is_lower_is_better("csiqx", [])
+    assert is_lower_is_better("pipal", ["PIPAL"])
+
+
+def test_bad_input_exits_with_a_message(tmp_path, capsys):
+    (tmp_path / "koniq").mkdir()
+    (tmp_path / "koniq" / "p0.json").write_text('[{"image": "a"}]')
+    assert main(["eval-predictions", str(tmp_path / "koniq")]) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "p0.json: record 0 (a): missing 'gt_score'" in err
+
+
+def test_samples_match_their_generator(tmp_path):
+    spec = importlib.util.spec_from_file_location("make_samples", SAMPLES_DIR / "make_samples.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(tmp_path)
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.json"))
+    bundled = sorted(p.relative_to(SAMPLES_DIR) for p in SAMPLES_DIR.rglob("*.json"))
+    assert generated == bundled
+    for rel in generated:
+        assert (tmp_path / rel).read_bytes() == (SAMPLES_DIR / rel).read_bytes(), rel
