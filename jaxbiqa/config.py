@@ -26,21 +26,44 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class RewardsSection:
-    """The reward terms and their parameters (method.md sections 4, 6, 8)."""
+    """Reward terms by registered name (`jaxbiqa.rewards.REWARDS`): weights and factory parameters.
+
+    The defaults are the paper (method.md section 4): score + self-consistency + reasoning, equal
+    weights; the working format reward is registered but off (weight 0), see method.md 8.1.
+    """
 
     # reward name -> weight; a term with weight 0 is not computed
     weights: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"score": 1.0, "self_consistency": 1.0, "reasoning": 1.0, "format": 0.0})
-    score_kind: Literal["threshold", "cosine", "gaussian"] = "cosine"
-    score_threshold: float = 0.35
-    score_sigma: float = 0.35
-    consistency_target: Literal["mos", "pass1"] = "mos"
-    reasoning_metric: Literal["precision", "recall", "fmeasure"] = "precision"
-    reasoning_fields: tuple[str, ...] = ("description", "good_aspect", "bad_aspect")
-    reasoning_floor: float = 0.1
-    reasoning_source: Literal["completion", "caption"] = "completion"
-    format_value: float = 0.5
-    format_strict: bool = True
+    # reward name -> keyword parameters of its factory; e.g. --set rewards.params.score.threshold=0.3
+    params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {
+        "score": {"kind": "cosine", "threshold": 0.35},
+        "self_consistency": {"kind": "cosine", "threshold": 0.35, "against": "target"},
+        "reasoning": {"measure": "precision", "text": "completion", "floor": 0.1},
+        "format": {"value": 0.5, "strict": True},
+    })
+
+    def specs(self) -> list[dict[str, Any]]:
+        """The non-zero terms as `jaxbiqa.rewards.build_reward` specs, names and parameter types checked."""
+        from jaxbiqa.rewards import REWARDS  # imported here: rouge-score and scipy are slow to import
+
+        for name in {**self.weights, **self.params}:
+            if name not in REWARDS:
+                raise ConfigError(f"unknown reward 'rewards.weights.{name}'{_closest(name, list(REWARDS))}")
+        specs = []
+        for name, weight in self.weights.items():
+            if weight == 0:
+                continue
+            hints = typing.get_type_hints(REWARDS[name])
+            hints.pop("return", None)
+            kwargs = {}
+            for key, value in self.params.get(name, {}).items():
+                where = f"rewards.params.{name}.{key}"
+                if key not in hints:
+                    raise ConfigError(f"unknown reward parameter {where!r}{_closest(key, list(hints))}")
+                kwargs[key] = _coerce(value, hints[key], where)
+            specs.append({"name": name, "weight": weight, "kwargs": kwargs})
+        return specs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +141,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if len(items) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} items, got {len(items)}")
         return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(items, args)))
+    if origin in (list, Sequence):
+        return tuple(_coerce(v, args[0] if args else Any, f"{where}[{i}]")
+                     for i, v in enumerate(_as_sequence(value, where)))
     if origin in (dict, Mapping) or tp is dict:
         mapping = json.loads(value) if isinstance(value, str) else value
         if not isinstance(mapping, Mapping):
@@ -193,7 +219,10 @@ def _set(node: Any, path: list[str], raw: str, full_key: str) -> Any:
         return dataclasses.replace(node, **{head: new})
     if isinstance(node, Mapping):  # a dict field: set or add one entry; the value is parsed as JSON if it can be
         if rest:
-            raise ConfigError(f"config key {full_key!r}: entries of {head!r} have no sub-keys")
+            child = node.get(head, {})
+            if not isinstance(child, Mapping):
+                raise ConfigError(f"config key {full_key!r}: {head!r} is a value, not a mapping")
+            return {**node, head: _set(child, rest, raw, full_key)}
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:

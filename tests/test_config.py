@@ -1,4 +1,6 @@
+import dataclasses
 import json
+from typing import Literal
 
 import pytest
 
@@ -6,55 +8,76 @@ from jaxbiqa import cli
 from jaxbiqa.config import Config, ConfigError, apply_override, from_dict, load_config, to_dict
 
 
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    rate: float = 1e-6
+    mode: Literal["a", "b"] = "a"
+    flag: bool = False
+    names: tuple[str, ...] = ("x",)
+    pair: tuple[int, float] = (1, 2.0)
+    limit: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer:
+    steps: int = 10
+    inner: Inner = Inner()
+    table: dict[str, float] = dataclasses.field(default_factory=lambda: {"a": 1.0})
+
+
 def test_override_parses_by_declared_type():
-    config = Config()
-    config = apply_override(config, "seed=7")
-    config = apply_override(config, "rewards.score_threshold=0.3")
-    config = apply_override(config, "rewards.format_strict=false")
-    config = apply_override(config, "rewards.reasoning_fields=description,bad_aspect")
-    config = apply_override(config, "rewards.score_kind=gaussian")
-    assert config.seed == 7 and isinstance(config.seed, int)
-    assert config.rewards.score_threshold == 0.3
-    assert config.rewards.format_strict is False
-    assert config.rewards.reasoning_fields == ("description", "bad_aspect")
-    assert config.rewards.score_kind == "gaussian"
-    assert Config().rewards.score_threshold == 0.35  # the original is untouched (frozen)
-
-
-def test_override_dict_entry_keeps_other_entries():
-    config = apply_override(Config(), "rewards.weights.format=0.5")
-    assert config.rewards.weights["format"] == 0.5
-    assert config.rewards.weights["score"] == 1.0
-    with pytest.raises(ConfigError, match="rewards.weights.score"):
-        apply_override(Config(), "rewards.weights.score=abc")
+    config = Outer()
+    for assignment in ["steps=7", "inner.rate=3e-4", "inner.mode=b", "inner.flag=true", "inner.names=p,q",
+                       "inner.pair=[3, 0.5]", "inner.limit=5", "table.b=2"]:
+        config = apply_override(config, assignment)
+    assert config == Outer(steps=7, inner=Inner(3e-4, "b", True, ("p", "q"), (3, 0.5), 5), table={"a": 1.0, "b": 2})
+    assert isinstance(config.steps, int) and isinstance(config.inner.rate, float)
+    assert apply_override(config, "inner.limit=none").inner.limit is None
+    assert Outer().steps == 10  # the original is untouched (frozen)
 
 
 @pytest.mark.parametrize("assignment, message", [
-    ("rewards.score_treshold=0.3", "did you mean 'rewards.score_threshold'"),
-    ("sead=1", "did you mean 'seed'"),
-    ("seed=1.5", "not an integer"),
-    ("rewards.format_strict=maybe", "not a boolean"),
-    ("rewards.score_kind=linear", "not one of"),
-    ("rewards=1", "cannot be set"),
-    ("seed", "key.path=value"),
-    ("seed.x=1", "is a value, not a section"),
+    ("stepz=1", "did you mean 'steps'"),
+    ("inner.rat=1", "did you mean 'inner.rate'"),
+    ("steps=1.5", "not an integer"),
+    ("steps=ten", "not a int"),
+    ("inner.flag=maybe", "not a boolean"),
+    ("inner.mode=c", "not one of"),
+    ("inner.pair=[1]", "expected 2 items"),
+    ("inner=1", "cannot be set"),
+    ("steps", "key.path=value"),
+    ("steps.x=1", "is a value, not a section"),
 ])
 def test_bad_override_is_a_clear_error(assignment, message):
     with pytest.raises(ConfigError, match=message):
-        apply_override(Config(), assignment)
+        apply_override(Outer(), assignment)
 
 
 def test_unknown_key_lists_valid_keys():
     with pytest.raises(ConfigError) as info:
-        apply_override(Config(), "rewards.score_kindd=cosine")
-    assert "rewards.score_kind" in str(info.value) and "rewards.format_value" in str(info.value)
+        apply_override(Outer(), "inner.mod=a")
+    assert "inner.mode" in str(info.value) and "inner.rate" in str(info.value)
 
 
 def test_dict_round_trip_is_validated():
-    config = apply_override(Config(), "rewards.reasoning_floor=0.01")
+    config = apply_override(Config(), "rewards.params.reasoning.floor=0.01")
     assert from_dict(Config, to_dict(config)) == config
     with pytest.raises(ConfigError, match="unknown key 'bogus'"):
         from_dict(Config, {"rewards": {"bogus": 1}})
+
+
+def test_reward_terms_are_checked_against_the_registry():
+    config = apply_override(Config(), "rewards.params.score.threshold=0.3")
+    config = apply_override(config, "rewards.weights.format=0.5")
+    specs = {s["name"]: s for s in config.rewards.specs()}
+    assert specs["score"]["kwargs"]["threshold"] == 0.3 and specs["format"]["weight"] == 0.5
+    assert "format" not in {s["name"] for s in Config().rewards.specs()}  # weight 0: off
+    for assignment, message in [("rewards.params.score.threshold=abc", "is not a float"),
+                                ("rewards.params.score.tresh=1", "did you mean 'threshold'"),
+                                ("rewards.weights.scor=1", "did you mean 'score'"),
+                                ("rewards.params.reasoning.measure=rouge", "not one of")]:
+        with pytest.raises(ConfigError, match=message):
+            apply_override(Config(), assignment).rewards.specs()
 
 
 def test_recipe_file_loads_by_name_and_path(tmp_path):
