@@ -120,6 +120,6 @@ def state_shardings(state, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES):
 
     def one(variable):
         names = variable.get_metadata().get("out_sharding")
-        return variable.replace(sharding_for(np.shape(variable[...]), names, mesh, rules))
+        return variable.replace(sharding_for(np.shape(variable.get_value()), names, mesh, rules))
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -63,6 +63,28 @@ class TextConfig:
         return self.hidden_size // self.num_attention_heads
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters on the decoder's projections (the method's defaults: r=8, alpha=16, dropout 0.1)."""
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.1
+    target_modules: tuple[str, ...] = LORA_TARGETS
+
+    def __post_init__(self):
+        if self.rank < 0 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoraConfig needs rank >= 0 and 0 <= dropout < 1, got {self}")
+        unknown = set(self.target_modules) - set(LORA_TARGETS)
+        if unknown:
+            raise ValueError(f"LoraConfig.target_modules {sorted(unknown)} not among {LORA_TARGETS}")
+
+    def rank_for(self, module: str) -> int:
+        return self.rank if module in self.target_modules else 0
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     text: TextConfig = TextConfig()
@@ -77,6 +99,7 @@ class ModelConfig:
     dtype: DType = "float32"  # compute dtype
     remat: bool = False  # nnx.remat around each decoder / vision layer
     scan_layers: bool = False  # one compiled layer body applied with nnx.scan
+    lora: LoraConfig | None = None  # adapters on the decoder projections; None = plain model
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

@@ -1,0 +1,238 @@
+"""Qwen2.5-VL text decoder: GQA with qkv bias, RMSNorm, SwiGLU, M-RoPE, and a fixed-size KV cache.
+
+One code path serves training (no cache), prefill (many tokens into the cache) and decode (one
+token). Prompts are left padded, so every row of a batch writes the same cache slots
+`[index, index + T)`; a query at slot s sees the valid keys at slots <= s. The cache is a plain
+pytree of arrays (no Python state), so it can be donated, repeated for group sampling and carried
+through `lax.while_loop`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxbiqa.models.qwen2_5_vl.config import LoraConfig, ModelConfig, TextConfig
+from jaxbiqa.models.qwen2_5_vl.lora import Linear
+from jaxbiqa.models.qwen2_5_vl.rope import apply_rotary, mrope_cos_sin
+from jaxbiqa.sharding import constrain
+
+embedding_init = nnx.initializers.normal(0.02)  # transformers' initializer_range
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer for a batch, `max_len` slots long.
+
+    k, v: `[layers, batch, max_len, kv_heads, head_dim]`; mask: `[batch, max_len]`, True where a
+    slot holds a real (non-padding) token; index: int32 scalar, the next slot to write.
+    """
+
+    k: jax.Array
+    v: jax.Array
+    mask: jax.Array
+    index: jax.Array
+
+
+# logical axis names of the cache leaves, for jaxbiqa.sharding (e.g. out_shardings of a jitted prefill)
+CACHE_AXES = KVCache(k=("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+                     v=("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+                     mask=("batch", "cache_length"), index=())
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype: str | jnp.dtype | None = None) -> KVCache:
+    """An empty cache; `dtype` defaults to the model's compute dtype (bf16 halves the cache)."""
+    t = config.text
+    shape = (t.num_hidden_layers, batch, max_len, t.num_key_value_heads, t.head_dim)
+    dtype = jnp.dtype(dtype or config.dtype)
+    return KVCache(k=constrain(jnp.zeros(shape, dtype), CACHE_AXES.k),
+                   v=constrain(jnp.zeros(shape, dtype), CACHE_AXES.v),
+                   mask=constrain(jnp.zeros((batch, max_len), bool), CACHE_AXES.mask),
+                   index=jnp.zeros((), jnp.int32))
+
+
+def _rms_norm(size: int, eps: float, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.RMSNorm:
+    return nnx.RMSNorm(size, epsilon=eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                       scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)))
+
+
+def _split_keys(key: jax.Array | None, n: int) -> list[jax.Array | None]:
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+def _linear_factory(lora: LoraConfig | None, **kw):
+    """Builder of the decoder's projections: plain Linears unless `lora` targets the module by name."""
+    def make(name: str, n_in: int, n_out: int, axes: tuple[str, str], bias: bool) -> Linear:
+        adapter = dict(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout) if lora and lora.rank_for(name) else {}
+        return Linear(n_in, n_out, axes=axes, use_bias=bias, **adapter, **kw)
+    return make
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: TextConfig, lora: LoraConfig | None, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.num_heads, self.num_kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
+                                                            config.head_dim)
+        e, q, kv = config.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        linear = _linear_factory(lora, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.q_proj = linear("q_proj", e, q, ("embed", "heads"), True)
+        self.k_proj = linear("k_proj", e, kv, ("embed", "kv_heads"), True)
+        self.v_proj = linear("v_proj", e, kv, ("embed", "kv_heads"), True)
+        self.o_proj = linear("o_proj", q, e, ("heads", "embed"), False)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
+                 kv: tuple[jax.Array, jax.Array] | None, index: jax.Array | None,
+                 keys: list[jax.Array | None]) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """Attention output, and with a cache `kv` (this layer's `[B, S, kv_heads, head_dim]` keys and
+        values) the new tokens' keys and values `[B, T, kv_heads, head_dim]` to be written at `index`."""
+        b, t, _ = x.shape
+        q = self.q_proj(x, keys[0]).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x, keys[1]).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x, keys[2]).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q = constrain(apply_rotary(q, cos, sin), ("batch", "length", "heads", "head_dim"))
+        k = constrain(apply_rotary(k, cos, sin), ("batch", "length", "kv_heads", "head_dim"))
+        v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+        if kv is not None:  # attend over this layer's cache with the new entries written in
+            cache_k, cache_v = kv
+            kv = (k.astype(cache_k.dtype), v.astype(cache_v.dtype))
+            k = jax.lax.dynamic_update_slice(cache_k, kv[0], (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache_v, kv[1], (0, index, 0, 0))
+        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+        out = constrain(out, ("batch", "length", "heads", "head_dim"))
+        return self.o_proj(out.reshape(b, t, -1), keys[3]), kv
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: TextConfig, lora: LoraConfig | None, *, dtype, param_dtype, rngs: nnx.Rngs):
+        if config.hidden_act != "silu":
+            raise ValueError(f"text hidden_act {config.hidden_act!r} is not supported (Qwen2.5-VL uses 'silu')")
+        linear = _linear_factory(lora, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        e, m = config.hidden_size, config.intermediate_size
+        self.gate_proj = linear("gate_proj", e, m, ("embed", "mlp"), False)
+        self.up_proj = linear("up_proj", e, m, ("embed", "mlp"), False)
+        self.down_proj = linear("down_proj", m, e, ("mlp", "embed"), False)
+
+    def __call__(self, x: jax.Array, keys: list[jax.Array | None]) -> jax.Array:
+        h = jax.nn.silu(self.gate_proj(x, keys[0])) * self.up_proj(x, keys[1])
+        return self.down_proj(constrain(h, ("batch", "length", "mlp")), keys[2])
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, config: TextConfig, lora: LoraConfig | None = None, *, dtype=jnp.float32,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.self_attn = Attention(config, lora, **kw)
+        self.mlp = MLP(config, lora, **kw)
+        self.input_layernorm = _rms_norm(config.hidden_size, config.rms_norm_eps, **kw)
+        self.post_attention_layernorm = _rms_norm(config.hidden_size, config.rms_norm_eps, **kw)
+
+    def __call__(self, h, cos, sin, mask, kv, index, key):
+        keys = _split_keys(key, 7)
+        attn, kv = self.self_attn(self.input_layernorm(h), cos, sin, mask, kv, index, keys[:4])
+        h = h + attn
+        h = h + self.mlp(self.post_attention_layernorm(h), keys[4:])
+        return constrain(h, ("batch", "length", "embed")), kv
+
+
+def _layer_step(layer: DecoderLayer, h, cos, sin, mask, k, v, index, key):
+    h, kv = layer(h, cos, sin, mask, None if k is None else (k, v), index, key)
+    return h, (None, None) if kv is None else kv
+
+
+_layer_step_remat = nnx.remat(_layer_step)
+
+
+class TextModel(nnx.Module):
+    """Decoder stack. `layers` is an `nnx.List` of `DecoderLayer`, or with `scan_layers` one
+    `DecoderLayer` whose parameters carry a leading layer axis (logical name "layers")."""
+
+    def __init__(self, config: TextConfig, *, lora: LoraConfig | None = None, dtype="float32",
+                 param_dtype="float32", remat: bool = False, scan_layers: bool = False, rngs: nnx.Rngs):
+        if config.hidden_size % config.num_attention_heads or config.num_attention_heads % config.num_key_value_heads:
+            raise ValueError(f"hidden_size {config.hidden_size}, heads {config.num_attention_heads} and kv heads "
+                             f"{config.num_key_value_heads} must divide evenly")
+        self.config = config
+        self.remat = remat
+        self.scan_layers = scan_layers
+        dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
+        self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=param_dtype,
+                                      embedding_init=nnx.with_partitioning(embedding_init, ("vocab", "embed")),
+                                      rngs=rngs)
+        make = functools.partial(DecoderLayer, config, lora, dtype=dtype, param_dtype=param_dtype)
+        if scan_layers:
+            @nnx.split_rngs(splits=config.num_hidden_layers)
+            @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def stacked(rngs: nnx.Rngs) -> DecoderLayer:
+                return make(rngs=rngs)
+
+            self.layers = stacked(rngs)
+        else:
+            self.layers = nnx.List([make(rngs=rngs) for _ in range(config.num_hidden_layers)])
+        self.norm = _rms_norm(config.hidden_size, config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype,
+                              rngs=rngs)
+
+    def __call__(self, embeds: jax.Array, positions: jax.Array, attention_mask: jax.Array,
+                 cache: KVCache | None = None, dropout_key: jax.Array | None = None
+                 ) -> tuple[jax.Array, KVCache | None]:
+        """Final-norm hidden states `[B, T, hidden]` of `embeds [B, T, hidden]`, and the updated cache.
+
+        positions: M-RoPE positions `[3, B, T]`; attention_mask: `[B, T]`, 1 for real tokens.
+        With a cache the tokens go to slots `[cache.index, cache.index + T)` and attend to the
+        cache; `dropout_key` enables LoRA dropout.
+        """
+        cfg = self.config
+        b, t, _ = embeds.shape
+        if positions.shape != (3, b, t) or attention_mask.shape != (b, t):
+            raise ValueError(f"positions {positions.shape} / attention_mask {attention_mask.shape} do not fit "
+                             f"a batch of shape {(b, t)}: expected (3, {b}, {t}) and ({b}, {t})")
+        h = constrain(embeds, ("batch", "length", "embed"))
+        cos, sin = mrope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section)
+        valid = attention_mask.astype(bool)
+        if cache is None:
+            index, key_valid, key_slots = None, valid, jnp.arange(t)
+        else:
+            index = cache.index
+            if cache.mask.shape[0] != b:
+                raise ValueError(f"cache holds a batch of {cache.mask.shape[0]}, inputs have {b} rows")
+            key_valid = jax.lax.dynamic_update_slice(cache.mask, valid, (0, index))
+            key_slots = jnp.arange(cache.mask.shape[1])
+        query_slots = jnp.arange(t) + (0 if index is None else index)
+        mask = (key_slots[None, :] <= query_slots[:, None])[None] & key_valid[:, None, :]
+        mask = mask[:, None]  # [B, 1, T, S], broadcast over heads
+
+        step = _layer_step_remat if self.remat else _layer_step
+        n = cfg.num_hidden_layers
+        keys = None if dropout_key is None else jax.random.split(dropout_key, n)
+        ck, cv = (None, None) if cache is None else (cache.k, cache.v)
+        if self.scan_layers:
+            @nnx.scan(in_axes=(0, nnx.Carry, None, None, None, 0, 0, None, 0), out_axes=(nnx.Carry, 0))
+            def run(layer, h, cos, sin, mask, k, v, index, key):
+                h, kv = step(layer, h, cos, sin, mask, k, v, index, key)
+                return h, kv
+
+            h, (new_k, new_v) = run(self.layers, h, cos, sin, mask, ck, cv, index, keys)
+        else:
+            new_k, new_v = [], []
+            for i, layer in enumerate(self.layers):
+                h, (k, v) = step(layer, h, cos, sin, mask, None if ck is None else ck[i],
+                                 None if cv is None else cv[i], index, None if keys is None else keys[i])
+                new_k.append(k)
+                new_v.append(v)
+            new_k, new_v = (None, None) if cache is None else (jnp.stack(new_k), jnp.stack(new_v))
+        h = self.norm(h)
+        if cache is None:
+            return h, None
+        # only the new tokens' entries are written, in place into the stacked cache
+        start = (0, 0, index, 0, 0)
+        new_cache = KVCache(k=constrain(jax.lax.dynamic_update_slice(cache.k, new_k, start), CACHE_AXES.k),
+                            v=constrain(jax.lax.dynamic_update_slice(cache.v, new_v, start), CACHE_AXES.v),
+                            mask=key_valid, index=index + t)
+        return h, new_cache
+
+
+def repeat_cache(cache: KVCache, n: int) -> KVCache:
+    """Every row repeated `n` times (row b becomes rows b*n .. b*n + n-1): G samples share one prefill."""
+    return KVCache(k=jnp.repeat(cache.k, n, axis=1), v=jnp.repeat(cache.v, n, axis=1),
+                   mask=jnp.repeat(cache.mask, n, axis=0), index=cache.index)
