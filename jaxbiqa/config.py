@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from jaxbiqa.data.options import DataSection
+
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -71,6 +73,7 @@ class Config:
     name: str = "default"
     seed: int = 0
     output_dir: str = "runs/default"
+    data: DataSection = DataSection()
     rewards: RewardsSection = RewardsSection()
 
 
@@ -184,7 +187,17 @@ def from_dict(cls: type, data: Mapping[str, Any], where: str = "config") -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}{_closest(unknown[0], list(hints))}")
     values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**values)
+    return _build(lambda: cls(**values), where)
+
+
+def _build(make, where: str):
+    """Construct a section; its own validation (`__post_init__`) becomes a ConfigError naming the key."""
+    try:
+        return make()
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -216,7 +229,7 @@ def _set(node: Any, path: list[str], raw: str, full_key: str) -> Any:
                 new = _coerce(new, hints[head], full_key)
         else:
             new = _coerce(raw, hints[head], full_key)
-        return dataclasses.replace(node, **{head: new})
+        return _build(lambda: dataclasses.replace(node, **{head: new}), full_key)
     if isinstance(node, Mapping):  # a dict field: set or add one entry; the value is parsed as JSON if it can be
         if rest:
             child = node.get(head, {})

@@ -99,3 +99,9 @@ def test_config_command_prints_resolved_json(capsys):
     assert printed["seed"] == 5 and printed["name"] == "humaniqa"
     assert cli.main(["config", "--set", "nope=1"]) == 2
     assert "unknown config key 'nope'" in capsys.readouterr().err
+
+
+def test_section_validation_becomes_a_config_error():
+    with pytest.raises(ConfigError, match="data.batch_size.*must be >= 1"):
+        apply_override(Config(), "data.batch_size=0")
+    assert apply_override(Config(), "data.train=koniq:/x,synthetic:y").data.train == ("koniq:/x", "synthetic:y")

@@ -7,6 +7,7 @@ from conftest import (IMAGE_TOKEN, PAD, VISION_END, VISION_START, load_torch_wei
 from flax import nnx
 
 from jaxbiqa.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration, from_hf
+from jaxbiqa.processing import left_pad
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.parity
@@ -21,13 +22,7 @@ CONFIGS = {
 
 
 def _left_pad(rows):
-    width = max(len(r) for r in rows)
-    ids = np.full((len(rows), width), PAD, np.int64)
-    mask = np.zeros((len(rows), width), np.int64)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = r
-        mask[i, width - len(r):] = 1
-    return ids, mask
+    return tuple(a.astype(np.int64) for a in left_pad(rows, PAD))
 
 
 def _image_tokens(grid):

@@ -6,6 +6,7 @@ from conftest import IMAGE_TOKEN, PAD, VISION_END, VISION_START, tiny_hf_config
 
 from jaxbiqa.models.qwen2_5_vl.config import from_hf
 from jaxbiqa.models.qwen2_5_vl.rope import get_rope_index, mrope_cos_sin, text_positions
+from jaxbiqa.processing import left_pad
 
 
 def _image(grid, merge=2):
@@ -13,13 +14,7 @@ def _image(grid, merge=2):
 
 
 def _left_pad(rows):
-    width = max(len(r) for r in rows)
-    ids = np.full((len(rows), width), PAD, np.int64)
-    mask = np.zeros((len(rows), width), np.int64)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = r
-        mask[i, width - len(r):] = 1
-    return ids, mask
+    return tuple(a.astype(np.int64) for a in left_pad(rows, PAD))
 
 
 CASES = {
