@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jaxbiqa.data.options import DataSection
+from jaxbiqa.rl.options import CheckpointSection, GRPOSection, OptimSection, SFTSection
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -75,6 +76,10 @@ class Config:
     output_dir: str = "runs/default"
     data: DataSection = DataSection()
     rewards: RewardsSection = RewardsSection()
+    grpo: GRPOSection = GRPOSection()
+    optim: OptimSection = OptimSection()
+    sft: SFTSection = SFTSection()
+    checkpoint: CheckpointSection = CheckpointSection()
 
 
 # ---------------------------------------------------------------- parsing values by declared type

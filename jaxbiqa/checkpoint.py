@@ -1,0 +1,209 @@
+"""Checkpoints with orbax: training state, step, RNG key, data-iterator position and the resolved config.
+
+`Checkpointer` wraps an `orbax.checkpoint.CheckpointManager` (async saves, keep the newest N,
+save every K steps). One checkpoint holds the items
+* `state`: any pytree of arrays (a `TrainState`: parameters, optimizer state, counters), restored
+  into a target of `jax.ShapeDtypeStruct`s that carry concrete shardings (`restore_target`), so
+  the restored arrays land on the mesh exactly as they were;
+* `meta`: the step and the RNG key (its raw bits and implementation, JSON);
+* `config`: the resolved config (JSON);
+* `data`: a grain iterator's position (when an iterator is given).
+`PreemptionGuard` turns SIGTERM into a flag the training loop polls, so it can save at the end of
+the current step and exit cleanly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class Restored(NamedTuple):
+    step: int
+    state: Any                  # the restored pytree, shaped and sharded like the target
+    key: jax.Array | None       # the RNG key saved with the state (typed or raw, as it was)
+    config: dict | None         # the resolved config saved with it
+    data_restored: bool         # whether a data iterator's position was restored
+
+
+def restore_target(tree: Any, shardings: Any = None) -> Any:
+    """`jax.ShapeDtypeStruct` leaves with concrete shardings: the target `Checkpointer.restore` needs.
+
+    `tree` holds arrays or ShapeDtypeStructs (e.g. from `jax.eval_shape`); shardings come from the
+    matching `shardings` tree, else from each leaf's own `.sharding` (arrays), else the default device.
+    """
+    if shardings is None:
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                            tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def _key_to_json(key: jax.Array | None) -> dict | None:
+    if key is None:
+        return None
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return {"impl": str(jax.random.key_impl(key)), "data": np.asarray(jax.random.key_data(key)).tolist()}
+    return {"impl": None, "data": np.asarray(key).tolist(), "dtype": str(key.dtype)}
+
+
+def _key_from_json(saved: dict | None) -> jax.Array | None:
+    if saved is None:
+        return None
+    if saved["impl"] is None:
+        return jax.numpy.asarray(np.asarray(saved["data"], saved["dtype"]))
+    return jax.random.wrap_key_data(np.asarray(saved["data"], np.uint32), impl=saved["impl"])
+
+
+def _config_dict(config: Any) -> dict | None:
+    if config is None:
+        return None
+    if dataclasses.is_dataclass(config):
+        from jaxbiqa.config import to_dict
+        return to_dict(config)
+    if isinstance(config, Mapping):
+        return dict(config)
+    raise TypeError(f"config must be a dataclass or a mapping, got {type(config).__name__}")
+
+
+class Checkpointer:
+    """Save / restore training checkpoints in `directory` (created if missing).
+
+    `save_interval_steps` makes `save` a no-op between multiples of it (unless forced);
+    `max_to_keep` deletes the oldest beyond N (None keeps all); with `async_save` a save returns
+    once the arrays are copied to host memory and the files are written in the background
+    (so the saved buffers may be donated right after). Call `wait()` or `close()` before exiting.
+    """
+
+    def __init__(self, directory: str | Path, *, max_to_keep: int | None = 3, save_interval_steps: int = 1,
+                 async_save: bool = True):
+        if save_interval_steps < 1:
+            raise ValueError(f"save_interval_steps must be >= 1, got {save_interval_steps}")
+        self.directory = Path(directory).absolute()
+        self.save_interval_steps = save_interval_steps
+        # the interval is applied here: orbax would also save the first step it sees
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=1,
+                                               enable_async_checkpointing=async_save, create=True)
+        import grain  # slow to import; needed only once checkpoints are in use
+
+        handlers = dict(state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler(),
+                        config=ocp.JsonCheckpointHandler(), data=grain.checkpoint.CheckpointHandler())
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+
+    @classmethod
+    def from_section(cls, section: Any, output_dir: str | Path) -> "Checkpointer":
+        """From a `jaxbiqa.rl.options.CheckpointSection` (directory "" = `<output_dir>/checkpoints`)."""
+        directory = section.directory or Path(output_dir) / "checkpoints"
+        return cls(directory, max_to_keep=section.max_to_keep, save_interval_steps=section.save_interval_steps,
+                   async_save=section.async_save)
+
+    def save(self, step: int, state: Any, *, key: jax.Array | None = None, data_iterator: Any = None,
+             config: Any = None, force: bool = False) -> bool:
+        """Save at `step` when it is a multiple of `save_interval_steps` (or `force`); False when
+        skipped or already saved."""
+        if (step % self.save_interval_steps and not force) or step in self.manager.all_steps():
+            return False
+        items = dict(state=ocp.args.StandardSave(state),
+                     meta=ocp.args.JsonSave({"step": int(step), "key": _key_to_json(key)}))
+        if config is not None:
+            items["config"] = ocp.args.JsonSave(_config_dict(config))
+        if data_iterator is not None:
+            import grain
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore(self, target: Any, *, step: int | None = None, data_iterator: Any = None) -> Restored:
+        """Restore `step` (default: the latest) into `target` (see `restore_target`); sets
+        `data_iterator` to its saved position when the checkpoint has one."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        if step not in self.manager.all_steps():
+            raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} "
+                                    f"(have {sorted(self.manager.all_steps())})")
+        saved = set(self.manager.item_metadata(step).keys())  # the items on disk
+        items = dict(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+        if "config" in saved:
+            items["config"] = ocp.args.JsonRestore()
+        restore_data = data_iterator is not None and "data" in saved
+        if restore_data:
+            import grain
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        config = out["config"] if "config" in items else None
+        return Restored(int(out.meta["step"]), out.state, _key_from_json(out.meta["key"]), config, restore_data)
+
+    def restore_latest(self, target: Any, *, data_iterator: Any = None) -> Restored | None:
+        """The latest checkpoint restored into `target`, or None when there is none (a fresh run)."""
+        if self.latest_step() is None:
+            return None
+        return self.restore(target, data_iterator=data_iterator)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def wait(self) -> None:
+        """Block until pending async saves are on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class PreemptionGuard:
+    """While active (a context manager), SIGTERM sets a flag instead of killing the process.
+
+    The loop checks `should_stop()` after each step, then saves (`force=True`), waits for the save
+    and returns. With several JAX processes `should_stop()` is true on all of them as soon as any
+    one was signalled, so they save the same step together. The previous handlers come back on exit.
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+        self.signals = signals
+        self._event = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        """Whether this process received one of the signals."""
+        return self._event.is_set()
+
+    def should_stop(self) -> bool:
+        """Whether any process received one of the signals (a collective call with several processes)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+        flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
+        return bool(np.any(flags))
+
+    def __enter__(self) -> "PreemptionGuard":
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("PreemptionGuard must be entered from the main thread (signal handlers live there)")
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
