@@ -19,12 +19,30 @@ from typing import Any, Literal
 
 from jaxbiqa.data.options import DataSection
 from jaxbiqa.rl.options import CheckpointSection, GRPOSection, OptimSection, SFTSection
+from jaxbiqa.rollout.options import RolloutConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 class ConfigError(ValueError):
     """A config file, key or value that cannot be used; the message says which and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """The policy: where its weights come from and how it runs."""
+
+    # a Hugging Face checkpoint folder (config.json + safetensors), or a config.json alone for a random init
+    path: str = ""
+    tokenizer: str = ""  # a tokenizer folder; "" means the one in `path`
+    param_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"  # compute dtype
+    remat: bool = True
+    scan_layers: bool = True
+    lora_rank: int = 0  # 0: full fine-tuning; the method's LoRA option is rank 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.1
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +92,9 @@ class Config:
     name: str = "default"
     seed: int = 0
     output_dir: str = "runs/default"
+    model: ModelSection = ModelSection()
     data: DataSection = DataSection()
+    rollout: RolloutConfig = RolloutConfig()
     rewards: RewardsSection = RewardsSection()
     grpo: GRPOSection = GRPOSection()
     optim: OptimSection = OptimSection()
