@@ -205,14 +205,25 @@ def _as_sequence(value: Any, where: str) -> list:
 
 # ---------------------------------------------------------------- dicts and overrides
 
-def from_dict(cls: type, data: Mapping[str, Any], where: str = "config") -> Any:
-    """Build dataclass `cls` from a (possibly partial) nested mapping, validating keys and types."""
+def from_dict(cls: type, data: Mapping[str, Any], where: str = "config", base: Any = None) -> Any:
+    """`base` (default `cls()`) updated from a possibly partial nested mapping, keys and types validated.
+
+    Keys a mapping leaves out keep the base's values, in nested sections too (so a partial
+    `{"rollout": {"pass1": {...}}}` keeps the rollout section's own pass-1 defaults).
+    """
+    base = cls() if base is None else base
     hints = _field_types(cls)
     unknown = [k for k in data if k not in hints]
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}{_closest(unknown[0], list(hints))}")
-    values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return _build(lambda: cls(**values), where)
+    values = {}
+    for key, value in data.items():
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            values[key] = from_dict(type(current), value, f"{where}.{key}", current)
+        else:
+            values[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return _build(lambda: dataclasses.replace(base, **values), where)
 
 
 def _build(make, where: str):

@@ -105,3 +105,10 @@ def test_section_validation_becomes_a_config_error():
     with pytest.raises(ConfigError, match="data.batch_size.*must be >= 1"):
         apply_override(Config(), "data.batch_size=0")
     assert apply_override(Config(), "data.train=koniq:/x,synthetic:y").data.train == ("koniq:/x", "synthetic:y")
+
+
+def test_partial_dict_keeps_the_section_defaults():
+    config = from_dict(Config, {"rollout": {"pass1": {"top_k": 50}}})
+    assert config.rollout.pass1.top_k == 50
+    assert config.rollout.pass1.num_samples == Config().rollout.pass1.num_samples == 4
+    assert config.rollout.pass1.stop_strings == ("</answer>",)

@@ -1,0 +1,142 @@
+"""Rollout throughput of jaxbiqa's compiled sampler against transformers' `generate` (PyTorch, CPU).
+
+Both sample from the same small random Qwen2.5-VL (about 20M parameters: the PyTorch model's
+checkpoint, loaded by `jaxbiqa.models.qwen2_5_vl.from_pretrained`): a batch of prompts of
+different lengths, each with one image, G samples per prompt, a fixed number of new tokens (no
+EOS, so both produce exactly batch * G * new_tokens tokens), temperature 1 and top-k 50.
+transformers: `model.generate(..., do_sample=True, num_return_sequences=G)` under
+`torch.inference_mode()` (it repeats each prompt and image G times before its prefill).
+jaxbiqa: `Sampler` with `num_samples=G` (each image encoded and each prompt prefilled once, the
+KV cache repeated for the G samples), timed after compilation. Also timed: jaxbiqa's prefill with
+the shared-prefill expansion against prefilling the G-times repeated batch, and the whole
+rollout both ways. Timings are medians of `--repeats` runs after a warm-up.
+
+    .venv/bin/python benchmarks/rollout.py [--batch 8 --samples 4 --new-tokens 128 --repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+import torch
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+from jaxbiqa.models.qwen2_5_vl import from_pretrained
+from jaxbiqa.rollout import Sampler, SamplingConfig
+
+VOCAB, IMAGE, VISION_START, VISION_END, PAD = 32000, 31000, 31001, 31002, 31003
+GRID = (1, 16, 24)  # 384 patches -> 96 image tokens per image (non-square, windows of 4x4 merge units)
+TOP_K = 50
+
+
+def torch_model(seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=VOCAB, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096,
+                         bos_token_id=None, eos_token_id=None, pad_token_id=PAD,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]}),
+        vision_config=dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=256,
+                           window_size=56, fullatt_block_indexes=[3]),
+        image_token_id=IMAGE, video_token_id=VOCAB - 1, vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    return Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
+
+
+def prompts(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`batch` left-padded prompts (10-70 text tokens around one image each), pixels and grids."""
+    rng = np.random.default_rng(seed)
+    image = [VISION_START] + [IMAGE] * (int(np.prod(GRID)) // 4) + [VISION_END]
+    rows = [rng.integers(0, 30000, int(n)).tolist() + image + rng.integers(0, 30000, 10).tolist()
+            for n in rng.integers(0, 60, batch)]
+    width = max(map(len, rows))
+    ids = np.full((batch, width), PAD, np.int64)
+    mask = np.zeros((batch, width), np.int64)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
+    grids = np.array([GRID] * batch)
+    pixels = rng.standard_normal((int(grids.prod(-1).sum()), 3 * 2 * 14 * 14)).astype(np.float32)
+    return ids, mask, pixels, grids
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: Callable[[], object] | None = None) -> float:
+    (warmup or fn)()  # compilation for jaxbiqa, first-call set-up for torch
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8, help="prompts, one image each")
+    parser.add_argument("--samples", type=int, default=4, help="G, samples per prompt")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs (transformers: half as many)")
+    args = parser.parse_args()
+    b, g, n = args.batch, args.samples, args.new_tokens
+
+    reference = torch_model()
+    ids, mask, pixels, grids = prompts(b)
+    with tempfile.TemporaryDirectory() as directory:
+        reference.save_pretrained(directory)
+        model = from_pretrained(directory)
+    params = sum(p.numel() for p in reference.parameters())
+    tokens = b * g * n
+    print(f"config: {params / 1e6:.1f}M parameters, {b} prompts of {ids.shape[1]} tokens (padded) with a "
+          f"{GRID[1]}x{GRID[2]}-patch image each, G={g}, {n} new tokens, top-k {TOP_K}; "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads)")
+
+    torch_inputs = dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                        pixel_values=torch.tensor(pixels), image_grid_thw=torch.tensor(grids),
+                        mm_token_type_ids=torch.tensor((ids == IMAGE).astype(np.int64)))
+
+    def torch_generate(new_tokens: int = n):
+        with torch.inference_mode():
+            out = reference.generate(**torch_inputs, do_sample=True, top_k=TOP_K, num_return_sequences=g,
+                                     max_new_tokens=new_tokens, pad_token_id=PAD)
+        assert out.shape == (b * g, ids.shape[1] + new_tokens)
+
+    config = SamplingConfig(max_new_tokens=n, num_samples=g, top_k=TOP_K, eos_token_ids=(), pad_token_id=PAD)
+    shared = Sampler(config)
+    batch = shared.prepare(model, ids, mask, pixels, grids)
+    repeated = Sampler(config.replace(num_samples=1))
+    # the G-times repeated batch: rows b * G + i, each with its own copy of the image
+    batch_g = repeated.prepare(model, np.repeat(ids, g, 0), np.repeat(mask, g, 0),
+                               np.repeat(pixels.reshape(b, -1, pixels.shape[-1]), g, 0).reshape(-1, pixels.shape[-1]),
+                               np.repeat(grids, g, 0))
+    key = jax.random.key(0)
+
+    def rollout(sampler, prompts):
+        return lambda: jax.block_until_ready(sampler(model, prompts, key)).tokens
+
+    def prefill(sampler, prompts):
+        return lambda: jax.block_until_ready(sampler.prefill(model, prompts))
+
+    t_torch = median_seconds(torch_generate, max(1, args.repeats // 2), warmup=lambda: torch_generate(2))
+    t_shared = median_seconds(rollout(shared, batch), args.repeats)
+    t_repeated = median_seconds(rollout(repeated, batch_g), args.repeats)
+    p_shared = median_seconds(prefill(shared, batch), args.repeats)
+    p_repeated = median_seconds(prefill(repeated, batch_g), args.repeats)
+
+    print(f"transformers generate (PyTorch CPU): {t_torch:8.3f} s  {tokens / t_torch:8.0f} tokens/s")
+    print(f"jaxbiqa rollout (shared prefill):    {t_shared:8.3f} s  {tokens / t_shared:8.0f} tokens/s")
+    print(f"jaxbiqa / transformers throughput:   {t_torch / t_shared:8.2f}x")
+    print(f"prefill, G-times repeated batch:     {p_repeated:8.3f} s")
+    print(f"prefill, shared (encode + prefill once, repeat cache): {p_shared:8.3f} s  "
+          f"-> {p_repeated / p_shared:.2f}x less prefill time")
+    print(f"whole rollout repeated vs shared:    {t_repeated:8.3f} s vs {t_shared:.3f} s "
+          f"-> {t_repeated / t_shared:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
