@@ -20,6 +20,7 @@ from typing import Any, Literal
 from jaxbiqa.data.options import DataSection
 from jaxbiqa.rl.options import CheckpointSection, GRPOSection, OptimSection, SFTSection
 from jaxbiqa.rollout.options import RolloutConfig
+from jaxbiqa.runtime_options import RuntimeSection
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -35,7 +36,8 @@ class ModelSection:
     # a Hugging Face checkpoint folder (config.json + safetensors), or a config.json alone for a random init
     path: str = ""
     tokenizer: str = ""  # a tokenizer folder; "" means the one in `path`
-    param_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    # float32 master weights: with bf16 parameters (and so bf16 AdamW moments) a 1e-6 update is lost
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
     dtype: Literal["float32", "bfloat16"] = "bfloat16"  # compute dtype
     remat: bool = True
     scan_layers: bool = True
@@ -92,6 +94,7 @@ class Config:
     name: str = "default"
     seed: int = 0
     output_dir: str = "runs/default"
+    runtime: RuntimeSection = RuntimeSection()
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     rollout: RolloutConfig = RolloutConfig()
