@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from jaxbiqa.data.options import DataSection
 from jaxbiqa.rl.options import CheckpointSection, GRPOSection, OptimSection, SFTSection
+from jaxbiqa.rl.train_options import TrainSection
 from jaxbiqa.rollout.options import RolloutConfig
 from jaxbiqa.runtime_options import RuntimeSection
 
@@ -103,6 +104,7 @@ class Config:
     optim: OptimSection = OptimSection()
     sft: SFTSection = SFTSection()
     checkpoint: CheckpointSection = CheckpointSection()
+    train: TrainSection = TrainSection()
 
 
 # ---------------------------------------------------------------- parsing values by declared type

@@ -1,0 +1,437 @@
+"""Batched evaluation of a policy through the rollout engine (method.md section 7).
+
+Per image, one compiled program runs
+* pass 1: image + the method's prompt -> `<caption>…</caption><think>…</think><answer>…</answer>`,
+  one sample;
+* pass 2, twice, text only, both sets of prompts spliced on device from the pass-1 tokens
+  (`rollout.pass2.splice_prompts`) and decoded together as one batch of 2B rows: once from the
+  pass-1 text before `<think>` (the caption: `caption_score`) and once from the text before
+  `<answer>` (caption + think: `reasoning_score`).
+Decoding is the authors' sampling (temperature 1, top-k 50, top-p 0.95, seed 42) or greedy; batch
+b draws with `fold_in(key(seed), b)`. Shapes are static: every batch is padded to `batch_size`
+rows (the last, short one with copies of its last row, whose outputs are dropped) and the prompts
+to the pass-1 bucket, so the program compiles once per run (`Evaluator.compile_count`).
+
+Ratings are read with `jaxbiqa.rewards.parse_rating` (tolerant by default, the authors' strict
+regex with `strict_parse`); an unparsable output, or a pass 2 skipped because no caption could be
+split out, is stored as null. The predictions file (`predictions.jsonl`) follows the jaxbiqa
+JSON-lines schema of `jaxbiqa.eval.predictions`: `dataset`, `image` (the record id), `gt_score`
+(the dataset's own MOS / DMOS, `mos`; `mos_norm` alongside), `overall_score`, `reasoning_score`,
+`caption_score`, `perception_text` (pass 1), `reasoning_text` (pass 2 from caption + think) and
+`caption_answer_text` (pass 2 from the caption), so `jaxbiqa eval-predictions` reads it back to the
+same figures. Records without any target are written to `predictions_no_target.jsonl` (same keys,
+no `gt_score`) and only count for ROUGE.
+
+Metrics per dataset, in `jaxbiqa eval-predictions --json` layout: for each of the three ratings
+PLCC / SRCC / KRCC / RMSE raw and PLCC / RMSE after the logistic fit (`metrics.iqa_metrics`), the
+image-to-caption gaps, and ROUGE-1 P/R/F of the pass-1 captions against the records' human texts
+(description, good and bad aspect) where the records have them; those texts are also written as
+`human.json`, so `eval-predictions predictions.jsonl --human human.json` reproduces the ROUGE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxbiqa.eval.alignment import HUMAN_FIELDS, human_reference, rouge1_alignment
+from jaxbiqa.eval.metrics import INVALID_SENTINEL, OnInvalid, gap, iqa_metrics
+from jaxbiqa.eval.predictions import SCORE_COLUMNS
+from jaxbiqa.eval.predictions_cmd import is_lower_is_better
+from jaxbiqa.models.qwen2_5_vl.rope import text_positions
+from jaxbiqa.rewards.parse import parse_rating, split_caption, tag_content
+from jaxbiqa.rollout.batch import PromptBatch, prepare_prompts
+from jaxbiqa.rollout.options import RolloutConfig, SamplingConfig
+from jaxbiqa.rollout.pass2 import SpliceTables, splice_tables, splice_prompts
+from jaxbiqa.rollout.sampler import DecodeSpec, completion_texts, decode, matchers, prefill
+from jaxbiqa.rollout.textmatch import token_bytes
+
+PREDICTIONS_FILE = "predictions.jsonl"
+NO_TARGET_FILE = "predictions_no_target.jsonl"
+HUMAN_FILE = "human.json"
+METRICS_FILE = "metrics.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """How to evaluate; the defaults are the authors' protocol (method.md section 7)."""
+
+    decoding: Literal["sampled", "greedy"] = "sampled"
+    seed: int = 42
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 0.95
+    batch_size: int = 8
+    max_examples: int = 0             # 0: every record
+    two_pass: bool = True             # also the caption-conditioned ratings (needs rollout.two_pass)
+    strict_parse: bool = False        # the authors' rating regex instead of the tolerant parser
+    lower_is_better: tuple[str, ...] = ()  # DMOS datasets besides those named like "csiq"
+    on_invalid: OnInvalid = "drop"
+    fill_value: float = INVALID_SENTINEL
+    progress: bool = False
+
+    def __post_init__(self):
+        if self.decoding not in ("sampled", "greedy"):
+            raise ValueError(f"decoding must be 'sampled' or 'greedy', got {self.decoding!r}")
+        if self.batch_size < 1 or self.max_examples < 0:
+            raise ValueError(f"batch_size must be >= 1 and max_examples >= 0, got {self.batch_size}, "
+                             f"{self.max_examples}")
+
+    def sampling(self, config: SamplingConfig) -> SamplingConfig:
+        """One pass's sampling for evaluation: one sample per prompt, this decoding."""
+        if self.decoding == "greedy":
+            return config.replace(num_samples=1, greedy=True)
+        return config.replace(num_samples=1, greedy=False, temperature=self.temperature, top_k=self.top_k,
+                              top_p=self.top_p)
+
+
+class BatchOutput(NamedTuple):
+    """Texts of one evaluated batch (host); the pass-2 fields are None without pass 2."""
+
+    pass1_texts: list[str]
+    caption_texts: list[str] | None        # pass 2 from the text before <think>
+    reasoning_texts: list[str] | None      # pass 2 from the text before <answer>
+    has_caption: np.ndarray | None         # [B] bool: a caption was split out (else its pass 2 is ignored)
+    has_reasoning: np.ndarray | None
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("pass1", "pass2", "max_caption", "two_pass"))
+def _eval_program(graphdef, state, prompts: PromptBatch, key, stops1, stops2, caption: SpliceTables,
+                  reasoning: SpliceTables, *, pass1: SamplingConfig, pass2: SamplingConfig, max_caption: int,
+                  two_pass: bool):
+    model = nnx.merge(graphdef, state)
+    key1, key2 = jax.random.split(key)
+    spec = DecodeSpec.of(pass1)
+    first = decode(model, prefill(model, prompts, spec.max_new_tokens, 1, pass1.cache_dtype), key1, stops1, spec)[0]
+    if not two_pass:
+        return first, None, None, None
+    ids_c, mask_c, has_c = splice_prompts(caption, first.tokens, first.lengths, max_caption, pass2.pad_token_id)
+    ids_r, mask_r, has_r = splice_prompts(reasoning, first.tokens, first.lengths, max_caption, pass2.pad_token_id)
+    ids, mask = jnp.concatenate([ids_c, ids_r]), jnp.concatenate([mask_c, mask_r])
+    text_only = PromptBatch(ids, mask, text_positions(mask), jnp.zeros(ids.shape[0], jnp.int32))
+    spec = DecodeSpec.of(pass2)
+    second = decode(model, prefill(model, text_only, spec.max_new_tokens, 1, pass2.cache_dtype), key2, stops2,
+                    spec)[0]
+    return first, has_c, has_r, second
+
+
+class Evaluator:
+    """The compiled evaluation of one batch: pass 1 and both pass-2 variants (see the module doc).
+
+    `processor` is a `jaxbiqa.processing.Processor` (its tokenizer decodes, its `pass2_text`
+    renders the pass-2 prompt); `vocab_size` is the model's vocabulary.
+    """
+
+    def __init__(self, processor, rollout: RolloutConfig, vocab_size: int, settings: EvalSettings = EvalSettings()):
+        self.processor = processor
+        self.pass1 = settings.sampling(rollout.pass1)
+        self.pass2 = settings.sampling(rollout.pass2)
+        self.two_pass = settings.two_pass and rollout.two_pass
+        for name, config in (("pass1", self.pass1), ("pass2", self.pass2)):
+            outside = [i for i in (config.pad_token_id, *config.eos_token_ids) if not 0 <= i < vocab_size]
+            if outside:
+                raise ValueError(f"rollout.{name}: token ids {outside} (pad_token_id / eos_token_ids) are outside the "
+                                 f"model's vocabulary of {vocab_size}; set them for this tokenizer "
+                                 f"(e.g. --set rollout.{name}.pad_token_id=...)")
+        tokenizer = processor.tokenizer
+        vocab = token_bytes(tokenizer, vocab_size)
+
+        def encode_batch(texts: list[str]) -> list[list[int]]:
+            return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+        def encode(text: str) -> list[int]:
+            return encode_batch([text])[0]
+
+        self.stops1 = matchers(self.pass1.stop_strings, vocab)
+        self.stops2 = matchers(self.pass2.stop_strings, vocab)
+        self.tables = {until: splice_tables(processor.pass2_text, encode, vocab, until, encode_batch)
+                       for until in ("think", "answer")}
+        self.max_caption = (rollout.max_caption_tokens
+                            or self.pass1.max_new_tokens + max(t.head_width for t in self.tables.values()))
+
+    def decode_texts(self, completion) -> list[str]:
+        return completion_texts(completion, lambda ids: self.processor.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def prepare(self, model, batch: Mapping[str, np.ndarray]) -> PromptBatch:
+        """The pass-1 prompt batch of a data batch (`data.pipeline.Pass1Preprocess` entries stacked)."""
+        pixels = np.asarray(batch["pixel_values"])
+        return prepare_prompts(model.config, batch["input_ids"], batch["attention_mask"],
+                               pixels.reshape(-1, pixels.shape[-1]), np.asarray(batch["image_grid_thw"]).reshape(-1, 3),
+                               buckets=self.pass1.prompt_buckets, pad_token_id=self.pass1.pad_token_id)
+
+    def __call__(self, model, prompts: PromptBatch, key: jax.Array) -> BatchOutput:
+        graphdef, state = nnx.split(model)
+        first, has_c, has_r, second = jax.device_get(_eval_program(
+            graphdef, state, prompts, key, self.stops1, self.stops2, self.tables["think"], self.tables["answer"],
+            pass1=self.pass1, pass2=self.pass2, max_caption=self.max_caption, two_pass=self.two_pass))
+        texts = self.decode_texts(first)
+        if second is None:
+            return BatchOutput(texts, None, None, None, None)
+        rows = len(texts)
+        second_texts = self.decode_texts(second)
+        return BatchOutput(texts, second_texts[:rows], second_texts[rows:], np.asarray(has_c), np.asarray(has_r))
+
+    @staticmethod
+    def compile_count() -> int:
+        """Compiled variants of the evaluation program so far (one per run and batch shape)."""
+        return _eval_program._cache_size()
+
+
+# ---------------------------------------------------------------- host side: batches and records
+
+def pad_rows(batch: Mapping[str, Any], size: int) -> tuple[dict[str, np.ndarray], int]:
+    """`batch` grown to `size` rows with copies of its last row; returns it and the real row count."""
+    rows = len(next(iter(batch.values())))
+    if rows > size:
+        raise ValueError(f"a batch of {rows} rows exceeds the evaluation batch size {size}")
+    out = {k: np.asarray(v) for k, v in batch.items()}
+    if rows < size:
+        out = {k: np.concatenate([v, np.repeat(v[-1:], size - rows, axis=0)]) for k, v in out.items()}
+    return out, rows
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def completion_parts(text: str) -> dict[str, Any]:
+    """Caption (the `<caption>` block, else the text before `<think>`), reasoning (the `<think>`
+    block) and rating of a pass-1 completion; None / NaN where missing."""
+    caption = tag_content(text, "caption")
+    if caption is None:
+        head = split_caption(text, until="think")
+        caption = head.strip() if head is not None else None
+    return {"caption": caption, "reasoning": tag_content(text, "think"), "rating": parse_rating(text)}
+
+
+def base_record(batch: Mapping[str, np.ndarray], i: int) -> dict[str, Any]:
+    """dataset, image (the record id), gt_score (the MOS as published, else `mos_norm`; left out
+    when there is neither) and mos_norm of row `i`."""
+    gt = _finite(batch["mos"][i]) if "mos" in batch else None
+    norm = _finite(batch["mos_norm"][i]) if "mos_norm" in batch else None
+    record: dict[str, Any] = {"dataset": _text(batch["dataset"][i]), "image": _text(batch["id"][i])}
+    if gt is not None or norm is not None:
+        record["gt_score"] = gt if gt is not None else norm
+    record["mos_norm"] = norm
+    return record
+
+
+def prediction_rows(batch: Mapping[str, np.ndarray], out: BatchOutput, rows: int, strict: bool) -> list[dict]:
+    """One prediction record per real row of an evaluated batch (schema: the module doc)."""
+    records = []
+    for i in range(rows):
+        record = base_record(batch, i)
+        record["overall_score"] = _finite(parse_rating(out.pass1_texts[i], strict=strict))
+        if out.caption_texts is not None:
+            for column, texts, has, key in (("reasoning_score", out.reasoning_texts, out.has_reasoning,
+                                             "reasoning_text"),
+                                            ("caption_score", out.caption_texts, out.has_caption,
+                                             "caption_answer_text")):
+                record[column] = _finite(parse_rating(texts[i], strict=strict)) if has[i] else None
+                if has[i]:
+                    record[key] = texts[i]
+        record["perception_text"] = out.pass1_texts[i]
+        human = {f: _text(batch[f][i]) for f in HUMAN_FIELDS if f in batch}
+        if any(v.strip() for v in human.values()):
+            record["_human"] = human
+        records.append(record)
+    return records
+
+
+# ---------------------------------------------------------------- metrics
+
+def dataset_metrics(name: str, rows: Sequence[Mapping[str, Any]], settings: EvalSettings,
+                    completions: Mapping[str, str], human: Mapping[str, str] | None) -> dict[str, Any]:
+    """Every figure of one dataset, in `jaxbiqa eval-predictions --json` layout (its `datasets`
+    entries): the metrics of the `rows` with a target, ROUGE-1 of `completions` (image -> pass-1
+    text, rows without a target included) against `human` when given."""
+    lower = is_lower_is_better(name, list(settings.lower_is_better))
+    gt = np.array([r["gt_score"] for r in rows], np.float64)
+    metrics = {}
+    for column in SCORE_COLUMNS:
+        if rows and column in rows[0]:
+            pred = np.array([math.nan if r[column] is None else r[column] for r in rows], np.float64)
+            metrics[column] = iqa_metrics(pred, gt, lower_is_better=lower, on_invalid=settings.on_invalid,
+                                          fill_value=settings.fill_value, logistic_fit=True)
+    entry: dict[str, Any] = {"lower_is_better": lower,
+                             "columns": {c: m.as_dict() for c, m in metrics.items()}, "gap": {}, "notes": []}
+    for column in ("reasoning_score", "caption_score"):
+        if "overall_score" in metrics and column in metrics:
+            entry["gap"][column] = gap(metrics["overall_score"], metrics[column])
+    if human:
+        entry["alignment"] = rouge1_alignment(completions, human).as_dict()
+    return entry
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    predictions: Path
+    metrics_file: Path
+    human_file: Path | None
+    n: int  # images evaluated
+    metrics: dict  # the content of metrics.json
+
+
+class PredictionWriter:
+    """Writes prediction rows as they come (`PREDICTIONS_FILE`, `NO_TARGET_FILE`), keeps what the
+    metrics need, and at `finish` writes the human texts and the metrics."""
+
+    def __init__(self, out_dir: str | Path, settings: EvalSettings):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = settings
+        self.predictions = self.out_dir / PREDICTIONS_FILE
+        self.no_target = self.out_dir / NO_TARGET_FILE
+        self.no_target.unlink(missing_ok=True)
+        self._handle = open(self.predictions, "w", encoding="utf-8")
+        self.scored: dict[str, list[dict]] = {}
+        self.completions: dict[str, dict[str, str]] = {}  # dataset -> image -> pass-1 text, every row
+        self.human: dict[str, dict[str, str]] = {}
+        self.count = self.unscored = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        texts = record.pop("_human", None)
+        if texts is not None:
+            self.human.setdefault(record["image"], {"image": record["image"], **texts})
+        line = json.dumps(_json_safe(record), ensure_ascii=False) + "\n"
+        self.count += 1
+        scored = self.scored.setdefault(record["dataset"], [])
+        if "perception_text" in record:
+            self.completions.setdefault(record["dataset"], {})[record["image"]] = record["perception_text"]
+        if "gt_score" in record:
+            scored.append(record)
+            self._handle.write(line)
+        else:
+            self.unscored += 1
+            with open(self.no_target, "a", encoding="utf-8") as other:
+                other.write(line)
+
+    def finish(self, extra: Mapping[str, Any] | None = None) -> EvalResult:
+        self._handle.close()
+        if not self.count:
+            raise ValueError("evaluation saw no records (an empty eval split?)")
+        human_file = None
+        references = {image: human_reference(fields) for image, fields in self.human.items()}
+        if self.human:
+            human_file = self.out_dir / HUMAN_FILE
+            human_file.write_text(json.dumps(list(self.human.values()), indent=1, ensure_ascii=False) + "\n",
+                                  encoding="utf-8")
+        datasets = {}
+        for name in sorted(self.scored):
+            completions = self.completions.get(name, {})
+            texts = {image: references[image] for image in completions if image in references}
+            datasets[name] = dataset_metrics(name, self.scored[name], self.settings, completions, texts or None)
+        metrics = _json_safe({"settings": dataclasses.asdict(self.settings), **dict(extra or {}), "n": self.count,
+                              "n_without_target": self.unscored, "predictions": self.predictions.name,
+                              "human": human_file.name if human_file else None, "datasets": datasets})
+        metrics_file = self.out_dir / METRICS_FILE
+        metrics_file.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        return EvalResult(self.predictions, metrics_file, human_file, self.count, metrics)
+
+
+def _limited(batches: Iterable[Mapping[str, np.ndarray]], settings: EvalSettings, total: int | None, what: str):
+    """(index, batch, real rows) up to `max_examples` records, with a progress bar when asked."""
+    limit = settings.max_examples or None
+    bar = None
+    if settings.progress:
+        from tqdm import tqdm
+
+        known = [x for x in (total, limit) if x]
+        bar = tqdm(total=min(known) if known else None, desc=what, unit="image", dynamic_ncols=True)
+    seen = 0
+    try:
+        for index, batch in enumerate(batches):
+            if limit is not None and seen >= limit:
+                break
+            rows = len(next(iter(batch.values())))
+            rows = min(rows, limit - seen) if limit is not None else rows
+            yield index, batch, rows
+            seen += rows
+            if bar is not None:
+                bar.update(rows)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def evaluate(model, processor, batches: Iterable[Mapping[str, np.ndarray]], out_dir: str | Path, *,
+             rollout: RolloutConfig, settings: EvalSettings = EvalSettings(), total: int | None = None,
+             extra: Mapping[str, Any] | None = None) -> EvalResult:
+    """Generate with `model` on `batches` (e.g. `eval_pipeline`) and write predictions, human texts
+    and metrics into `out_dir` (see the module doc). `total` (records) sizes the progress bar;
+    `extra` is stored in metrics.json (e.g. the checkpoint evaluated)."""
+    evaluator = Evaluator(processor, rollout, model.config.text.vocab_size, settings)
+    writer = PredictionWriter(out_dir, settings)
+    base_key = jax.random.key(settings.seed)
+    compiles = Evaluator.compile_count()
+    for index, batch, rows in _limited(batches, settings, total, "evaluate"):
+        full, _ = pad_rows(batch, settings.batch_size)
+        out = evaluator(model, evaluator.prepare(model, full), jax.random.fold_in(base_key, index))
+        for record in prediction_rows(full, out, rows, settings.strict_parse):
+            writer.add(record)
+    info = {"mode": "generate", "compiles": Evaluator.compile_count() - compiles,
+            "max_new_tokens": {"pass1": evaluator.pass1.max_new_tokens, "pass2": evaluator.pass2.max_new_tokens},
+            "two_pass": evaluator.two_pass}
+    return writer.finish({**info, **dict(extra or {})})
+
+
+def evaluate_qalign(model, processor, batches: Iterable[Mapping[str, np.ndarray]], out_dir: str | Path, *,
+                    settings: EvalSettings = EvalSettings(), prompt=None, total: int | None = None,
+                    extra: Mapping[str, Any] | None = None) -> EvalResult:
+    """Probability scoring (`jaxbiqa.eval.qalign`, no generation) of the decoded images of `batches`
+    (`eval_pipeline(..., preprocess=False)`): the `overall_score` column only."""
+    from jaxbiqa.eval.qalign import QAlignPrompt, qalign_scores
+
+    prompt = prompt or QAlignPrompt()
+    writer = PredictionWriter(out_dir, settings)
+    for _, batch, rows in _limited(batches, settings, total, "probability scoring"):
+        scores = qalign_scores(model, processor, list(batch["image"][:rows]), batch_size=settings.batch_size,
+                               prompt=prompt)
+        for i in range(rows):
+            writer.add({**base_record(batch, i), "overall_score": _finite(scores[i])})
+    info = {"mode": "qalign", "prompt": dataclasses.asdict(prompt)}
+    return writer.finish({**info, **dict(extra or {})})
+
+
+def eval_pipeline(data, processor=None, split: str = "eval"):
+    """The data section's evaluation batches (`data.eval` / `data.eval_split`, in order, once): with
+    the pass-1 prompt and image inputs of `processor`, or the decoded images alone without one."""
+    from jaxbiqa.data.pipeline import Pass1Preprocess, make_pipeline
+
+    return make_pipeline(data, split, preprocess=Pass1Preprocess(processor) if processor is not None else None)
+
+
+def count_records(data, split: str = "eval") -> int:
+    """How many records the pipeline of `split` ("train" or "eval") reads (for progress bars)."""
+    from jaxbiqa.data.pipeline import open_sources
+
+    specs, wanted = (data.train, data.train_split) if split == "train" else (data.eval, data.eval_split)
+    return len(open_sources(specs, wanted, data))

@@ -1,0 +1,140 @@
+"""`jaxbiqa score IMAGE...`: caption, reasoning and rating of image files, as a table or JSON.
+
+  jaxbiqa score photo.jpg other.png [--checkpoint PATH] [--config RECIPE] [--set k=v] [--json] [--output FILE]
+
+The model comes from --checkpoint (see `jaxbiqa eval`), else from the config's `model.path`; with
+neither --checkpoint nor --config, from the demo's run (`runs/demo`, written by `jaxbiqa demo`) when
+it exists. Every image is resized to the config's fixed evaluation size (`data.max_pixels`,
+`data.aspect`), as in training, and rated with the same compiled two-pass program as `jaxbiqa eval`
+(default decoding: the authors' sampling with seed 42; `--decoding greedy` for argmax). Per image:
+the caption and reasoning of pass 1 and its rating, plus the ratings pass 2 gives from the caption
+alone and from the caption + reasoning. Unreadable images (missing, empty, truncated, not an image)
+are all reported by name before any model is loaded, and the command exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxbiqa.config import ConfigError
+from jaxbiqa.data.records import BadRecordError
+from jaxbiqa.eval.eval_cmd import (CheckpointError, add_checkpoint_arguments, add_decoding_arguments, load_policy,
+                                   settings_from_args)
+
+DEMO_RUN = Path("runs") / "demo"  # `jaxbiqa demo`'s output directory
+
+
+def read_images(paths: Sequence[str]) -> tuple[list[np.ndarray], list[str]]:
+    """(RGB uint8 images, errors): every path is read and decoded; each failure is one message naming the file."""
+    from jaxbiqa.data.images import decode_image, read_image_bytes
+
+    images, errors = [], []
+    for path in paths:
+        try:
+            images.append(decode_image(read_image_bytes(path, path), path))
+        except BadRecordError as err:
+            errors.append(f"cannot read image {err}")
+    return images, errors
+
+
+def score_images(model, processor, images: Sequence[np.ndarray], names: Sequence[str], *, rollout, data,
+                 settings) -> list[dict[str, Any]]:
+    """One entry per image: caption, reasoning, rating (pass 1), caption_rating (pass 2 from the
+    caption), caption_think_rating (pass 2 from caption + reasoning), and the pass-1 completion."""
+    import jax
+
+    from jaxbiqa.data.images import resize_image
+    from jaxbiqa.data.pipeline import Pass1Preprocess, collate, image_size
+    from jaxbiqa.eval.evaluate import Evaluator, completion_parts, pad_rows
+    from jaxbiqa.rewards.parse import parse_rating
+
+    evaluator = Evaluator(processor, rollout, model.config.text.vocab_size, settings)
+    preprocess = Pass1Preprocess(processor)
+    size = image_size(data)
+    base_key = jax.random.key(settings.seed)
+    entries = []
+    for index, start in enumerate(range(0, len(images), settings.batch_size)):
+        chunk = images[start:start + settings.batch_size]
+        batch = collate([preprocess(resize_image(image, size, data.match_orientation)) for image in chunk])
+        full, rows = pad_rows(batch, settings.batch_size)
+        out = evaluator(model, evaluator.prepare(model, full), jax.random.fold_in(base_key, index))
+        for i in range(rows):
+            text = out.pass1_texts[i]
+            entry = {"image": names[start + i], **completion_parts(text)}
+            if out.caption_texts is not None:
+                for key, texts, has in (("caption_rating", out.caption_texts, out.has_caption),
+                                        ("caption_think_rating", out.reasoning_texts, out.has_reasoning)):
+                    entry[key] = parse_rating(texts[i], strict=settings.strict_parse) if has[i] else math.nan
+            entry["completion"] = text
+            entries.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                            for k, v in entry.items()})
+    return entries
+
+
+def _rating(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def format_entries(entries: Sequence[dict[str, Any]], width: int = 100) -> str:
+    """A readable report: per image its ratings, then the caption and the reasoning, wrapped."""
+    out = []
+    for entry in entries:
+        line = f"{entry['image']}: rating {_rating(entry['rating'])}"
+        if "caption_rating" in entry:
+            line += (f"  (from its caption alone: {_rating(entry['caption_rating'])}; caption + reasoning: "
+                     f"{_rating(entry['caption_think_rating'])})")
+        out.append(line)
+        for label in ("caption", "reasoning"):
+            text = entry[label] if entry[label] is not None else f"(no {label} in the output)"
+            out.append(textwrap.fill(" ".join(text.split()), width, initial_indent=f"  {label}: ",
+                                     subsequent_indent=" " * (len(label) + 4)))
+    return "\n".join(out)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
+    add_checkpoint_arguments(parser)
+    add_decoding_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON (a list, one object per image)")
+    parser.add_argument("--output", type=Path, default=None, help="also write the JSON list to this file")
+
+
+def run(args: argparse.Namespace) -> int:
+    images, errors = read_images(args.images)
+    if errors:
+        for message in errors:
+            print(f"jaxbiqa score: error: {message}", file=sys.stderr)
+        return 1
+    checkpoint = args.checkpoint
+    if checkpoint is None and args.config is None:
+        if not DEMO_RUN.is_dir():
+            print(f"jaxbiqa score: error: no model: pass --checkpoint PATH or --config RECIPE (or run `jaxbiqa demo` "
+                  f"first, whose run {DEMO_RUN} is the default)", file=sys.stderr)
+            return 1
+        checkpoint = str(DEMO_RUN)
+    try:
+        policy = load_policy(checkpoint, args.config, args.overrides, step=args.step)
+        settings = settings_from_args(args, policy.config)
+        if not args.batch_size:  # no padding beyond the images given
+            settings = dataclasses.replace(settings, batch_size=min(settings.batch_size, len(images)))
+        entries = score_images(policy.model, policy.processor, images, args.images, rollout=policy.config.rollout,
+                               data=dataclasses.replace(policy.config.data, batch_size=settings.batch_size),
+                               settings=settings)
+    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"jaxbiqa score: error: {err}", file=sys.stderr)
+        return 1
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(entries, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(json.dumps(entries, indent=2, ensure_ascii=False) if args.json else format_entries(entries))
+    return 0

@@ -1,0 +1,80 @@
+"""The policy and its processor from the config's `model` section (and the data section's pixel budget).
+
+`model.path` is one of
+* a Hugging Face Qwen2.5-VL folder (`config.json` + safetensors): the weights are loaded
+  (`weights.from_pretrained`, sharded by the mesh when one is given);
+* a folder with a `config.json` and no weights, or a `config.json` file: the model is initialised
+  randomly from it (the demo's from-scratch start);
+* `demo:FOLDER`: the demo's tiny model, its config.json and tokenizer written into FOLDER first
+  when missing (`jaxbiqa.demo_assets`), then initialised randomly.
+The tokenizer comes from `model.tokenizer`, else from the model folder; the image processor from
+the model folder's `preprocessor_config.json` (Qwen's defaults without one) with the data
+section's `min_pixels` / `max_pixels`. `model.lora_rank > 0` adds LoRA adapters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flax import nnx
+
+from jaxbiqa.data.options import DataSection
+from jaxbiqa.demo_assets import DEMO_PREFIX, ensure_demo_model
+from jaxbiqa.models.qwen2_5_vl import LoraConfig, ModelConfig, Qwen2_5_VLForConditionalGeneration
+from jaxbiqa.models.qwen2_5_vl.weights import INDEX_FILE, SINGLE_FILE, abstract_model, load_model, read_config
+from jaxbiqa.processing import Processor, load_image_processor, load_tokenizer
+from jaxbiqa.sharding import DEFAULT_RULES, LogicalRules
+
+
+def resolve_model_path(path: str) -> Path:
+    """The model folder or config file of `model.path`; `demo:FOLDER` is built first when missing."""
+    if not path:
+        raise ValueError("model.path is empty: set it to a Qwen2.5-VL folder, a config.json, or demo:FOLDER")
+    if path.startswith(DEMO_PREFIX):
+        return ensure_demo_model(path[len(DEMO_PREFIX):])
+    resolved = Path(path)
+    if not resolved.exists():
+        raise FileNotFoundError(f"model.path {path!r} does not exist (a Qwen2.5-VL folder, a config.json, "
+                                f"or demo:FOLDER for the demo model)")
+    return resolved
+
+
+def has_weights(path: Path) -> bool:
+    return path.is_dir() and ((path / SINGLE_FILE).is_file() or (path / INDEX_FILE).is_file())
+
+
+def model_config(section, path: Path) -> ModelConfig:
+    """The ModelConfig of `path` with the section's dtypes, remat, scanned layers and LoRA."""
+    lora = None
+    if section.lora_rank > 0:
+        lora = LoraConfig(rank=section.lora_rank, alpha=section.lora_alpha, dropout=section.lora_dropout,
+                          target_modules=tuple(section.lora_targets))
+    return read_config(path, section.dtype, section.param_dtype, remat=section.remat,
+                       scan_layers=section.scan_layers, lora=lora)
+
+
+def build_policy(section, *, seed: int = 0, mesh=None, rules: LogicalRules = DEFAULT_RULES) -> nnx.Module:
+    """The policy of a `ModelSection`: loaded weights when `model.path` has them, else random init.
+
+    A randomly initialised model lives on the default device; `TrainStep.init` places it on the
+    mesh. LoRA adapters start at B = 0 (the loaded model, unchanged).
+    """
+    path = resolve_model_path(section.path)
+    config = model_config(section, path)
+    if has_weights(path):
+        return load_model(config, path, mesh, rules, seed)
+    return Qwen2_5_VLForConditionalGeneration(config, rngs=nnx.Rngs(seed))
+
+
+def abstract_policy(section, *, seed: int = 0, mesh=None, rules: LogicalRules = DEFAULT_RULES) -> nnx.Module:
+    """The policy's structure with `jax.ShapeDtypeStruct` leaves (nothing allocated, no weights read):
+    enough to build the train step and restore a checkpoint into."""
+    return abstract_model(model_config(section, resolve_model_path(section.path)), seed)
+
+
+def build_processor(section, data: DataSection = DataSection()) -> Processor:
+    """Tokenizer (`model.tokenizer`, else the model folder) and image processor with the data's pixel budget."""
+    path = resolve_model_path(section.path)
+    folder = path if path.is_dir() else path.parent
+    tokenizer = load_tokenizer(Path(section.tokenizer) if section.tokenizer else folder)
+    return Processor(tokenizer, load_image_processor(folder, data.min_pixels, data.max_pixels))

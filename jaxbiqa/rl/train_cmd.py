@@ -1,0 +1,68 @@
+"""`jaxbiqa train`: the warm start and two-pass GRPO of a recipe, into its output directory.
+
+    jaxbiqa train --config demo_cpu [--set key=value ...] [--resume]
+
+Writes under `output_dir`: `config.json` (the resolved config), `checkpoints/`, `train_log.jsonl`,
+`tensorboard/`, `samples.log`, `policy/` (a Hugging Face checkpoint of the trained policy),
+`eval/<stage>/predictions.jsonl` and `summary.json`. Exit status: 0 when done, 2 for a config
+error, 75 when stopped by SIGTERM after saving a checkpoint (run again with `--resume`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from jaxbiqa.config import ConfigError, load_config
+from jaxbiqa.config_cmd import add_config_arguments
+
+PREEMPTED = 75  # EX_TEMPFAIL: try again (with --resume)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint in the output directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar; warnings only")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax reports every file it writes at INFO
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from jaxbiqa.rl.trainer import Trainer, train_section
+
+    train = train_section(config)
+    if args.quiet:
+        import dataclasses
+
+        train = dataclasses.replace(train, progress=False)
+    try:
+        trainer = Trainer(config, train=train)
+    except (ConfigError, FileNotFoundError, ValueError) as err:  # settings that do not fit together, missing files
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        result = trainer.run(resume=args.resume)
+    except FileExistsError as err:  # checkpoints already there without --resume
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if result.preempted:
+        print(f"stopped by SIGTERM at step {result.step}, checkpoint saved; continue with --resume",
+              file=sys.stderr)
+        return PREEMPTED
+    final = result.eval.get("final")
+    summary = {"step": result.step, "output_dir": config.output_dir, "policy": result.policy_dir}
+    if final:
+        summary["eval"] = {"n": final["n"], "srcc": final["image"]["srcc"], "plcc": final["image"]["plcc"],
+                           **({"caption_srcc": final["caption"]["srcc"], "caption_plcc": final["caption"]["plcc"]}
+                              if "caption" in final else {})}
+    print(json.dumps(summary))
+    return 0

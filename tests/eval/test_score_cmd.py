@@ -1,0 +1,92 @@
+"""`jaxbiqa score`: real photographs (scikit-image) rated by a tiny random model, one entry per image
+as JSON or a readable table; unreadable files reported by name before any model is loaded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from eval_setup import overrides, shared_root
+from PIL import Image
+
+from jaxbiqa.cli import main
+from jaxbiqa.eval.score_cmd import format_entries, read_images
+
+skimage_data = pytest.importorskip("skimage.data")
+
+
+@pytest.fixture(scope="module")
+def checkpoint():
+    """The shared random model's Hugging Face folder and the overrides scoring needs."""
+    root = shared_root()
+    sets = [s for s in overrides(root / "model", root / "synthetic") if s.startswith(("rollout.", "data.max_pixels",
+                                                                                     "data.aspect", "model.dtype"))]
+    return root / "hf", sets
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    Image.fromarray(skimage_data.astronaut()).save(folder / "astronaut.png")
+    Image.fromarray(skimage_data.camera()).save(folder / "camera.jpg", quality=90)  # grey JPEG
+    Image.fromarray(skimage_data.coffee()).resize((300, 400)).save(folder / "coffee_portrait.png")
+    return [folder / "astronaut.png", folder / "camera.jpg", folder / "coffee_portrait.png"]
+
+
+def _args(checkpoint, sets, *extra):
+    args = ["score", *extra, "--checkpoint", str(checkpoint)]
+    for assignment in sets:
+        args += ["--set", assignment]
+    return args
+
+
+def test_scores_real_photographs_as_json_and_as_a_table(checkpoint, photos, tmp_path, capsys):
+    hf, sets = checkpoint
+    written = tmp_path / "scores.json"
+    assert main(_args(hf, sets, *map(str, photos), "--json", "--output", str(written))) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert [e["image"] for e in entries] == [str(p) for p in photos]
+    for entry in entries:
+        assert set(entry) == {"image", "caption", "reasoning", "rating", "caption_rating", "caption_think_rating",
+                              "completion"}
+        assert isinstance(entry["completion"], str) and entry["completion"]
+        assert entry["rating"] is None or 1.0 <= entry["rating"] <= 5.0
+    assert json.loads(written.read_text()) == entries
+
+    assert main(_args(hf, sets, *map(str, photos))) == 0  # the same compiled program: a readable table
+    table = capsys.readouterr().out
+    assert table.startswith(f"{photos[0]}: rating ") and "\n  caption: " in table and "\n  reasoning: " in table
+    assert all(f"\n{p}: rating " in table for p in photos[1:])
+
+
+def test_unreadable_images_are_named_before_loading_a_model(photos, tmp_path, capsys):
+    (tmp_path / "broken.jpg").write_bytes(b"not a JPEG at all")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with open(photos[0], "rb") as handle:
+        (tmp_path / "truncated.png").write_bytes(handle.read()[:2000])
+    paths = [str(photos[0]), str(tmp_path / "broken.jpg"), str(tmp_path / "empty.png"),
+             str(tmp_path / "missing.png"), str(tmp_path / "truncated.png")]
+    # no checkpoint given either: the images are checked first, so the errors are about them only
+    assert main(["score", *paths, "--checkpoint", str(tmp_path / "no_such_model")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 4 and all(line.startswith("jaxbiqa score: error: cannot read image ") for line in err)
+    assert "broken.jpg: corrupt image" in err[0] and "empty.png: empty file" in err[1]
+    assert "missing.png: missing file" in err[2] and "truncated.png: truncated image" in err[3]
+    images, errors = read_images([str(photos[1])])
+    assert not errors and images[0].shape == (512, 512, 3)  # grey photo decoded to RGB
+
+
+def test_without_a_model_it_says_how_to_get_one(photos, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no runs/demo here
+    assert main(["score", str(photos[0])]) == 1
+    assert "no model: pass --checkpoint PATH or --config RECIPE" in capsys.readouterr().err
+
+
+def test_table_wraps_long_texts_and_marks_missing_parts():
+    entry = {"image": "x.png", "caption": "word " * 60, "reasoning": None, "rating": 3.5, "caption_rating": None,
+             "caption_think_rating": 2.25}
+    text = format_entries([entry], width=60)
+    lines = text.splitlines()
+    assert lines[0] == "x.png: rating 3.50  (from its caption alone: n/a; caption + reasoning: 2.25)"
+    assert all(len(line) <= 60 for line in lines[1:]) and lines[1].startswith("  caption: word")
+    assert lines[-1] == "  reasoning: (no reasoning in the output)"

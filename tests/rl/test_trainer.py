@@ -1,0 +1,167 @@
+"""The training loop on a tiny model and a tiny synthetic set, run once for the module: the warm
+start then GRPO, with a NaN reward injected at one step. Checks what the run logs and writes:
+no recompilation after the second step, the NaN step skipped and counted, every metric family in
+the JSON lines, sample completions, the evaluation's predictions in the jaxbiqa schema, the
+exported policy and the checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from trainer_helpers import make_assets, tiny_config
+
+from jaxbiqa.eval.metrics import iqa_metrics
+from jaxbiqa.eval.predictions import load_predictions
+from jaxbiqa.rl.train_options import TrainSection
+from jaxbiqa.rl.trainer import Trainer
+
+SFT_STEPS, GRPO_STEPS, NAN_STEP = 2, 5, 3  # NAN_STEP: the GRPO step whose rewards get a NaN
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trainer")
+    model_dir, data_dir = make_assets(root)
+    config = tiny_config(model_dir, data_dir, root / "out")
+    trainer = Trainer(config, train=TrainSection(max_steps=GRPO_STEPS, progress=False, samples_every=2,
+                                                 samples_per_log=1, eval_batch_size=2))
+    original, calls = trainer.reward_fn, []
+
+    def poisoned(texts, batch):
+        total, components = original(texts, batch)
+        calls.append(len(texts))
+        if len(calls) == NAN_STEP:
+            total = total.copy()
+            total[0] = np.nan
+        return total, components
+
+    trainer.reward_fn = poisoned
+    result = trainer.run()
+    lines = [json.loads(line) for line in (root / "out" / "train_log.jsonl").read_text().splitlines()]
+    return trainer, result, lines, root / "out"
+
+
+def _stage(lines, stage):
+    return [r for r in lines if r["stage"] == stage]
+
+
+def test_runs_both_stages_and_exports(run):
+    trainer, result, lines, out = run
+    assert not result.preempted and result.step == SFT_STEPS + GRPO_STEPS
+    assert [r["step"] for r in _stage(lines, "sft")] == list(range(1, SFT_STEPS + 1))
+    assert [r["step"] for r in _stage(lines, "grpo")] == list(range(SFT_STEPS + 1, SFT_STEPS + GRPO_STEPS + 1))
+    assert (out / "policy" / "model.safetensors").is_file() and (out / "policy" / "tokenizer.json").is_file()
+    assert json.loads((out / "config.json").read_text())["name"] == "tiny"
+    ckpts = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert ckpts[-1] == SFT_STEPS + GRPO_STEPS and len(ckpts) <= 3  # the final step, the newest 3 kept
+    assert json.loads((out / "summary.json").read_text())["step"] == result.step
+
+
+def test_no_recompilation_after_step_two(run):
+    _, _, lines, _ = run
+    sft, grpo = _stage(lines, "sft"), _stage(lines, "grpo")
+    assert {r["compile_count"] for r in sft} == {1}
+    assert {r["compile_count/update"] for r in grpo} == {1}
+    for name in ("compile_count/rollout", "compile_count/logprobs"):
+        counts = [r[name] for r in grpo]
+        assert len(set(counts[1:])) == 1, f"{name} changed after step 2: {counts}"
+        assert counts[0] >= 1
+
+
+def test_nan_step_is_skipped_and_counted(run):
+    _, _, lines, _ = run
+    grpo = _stage(lines, "grpo")
+    skipped = [r["skipped"] for r in grpo]
+    assert skipped == [1.0 if i == NAN_STEP - 1 else 0.0 for i in range(GRPO_STEPS)]
+    assert [r["skipped_total"] for r in grpo] == [0.0] * (NAN_STEP - 1) + [1.0] * (GRPO_STEPS - NAN_STEP + 1)
+    assert grpo[NAN_STEP - 1]["reward/total_mean"] is None  # NaN is logged as null
+
+
+def test_logs_every_metric_family(run):
+    _, _, lines, out = run
+    record = _stage(lines, "grpo")[0]
+    for key in ("reward/total_mean", "reward/score", "reward/self_consistency", "reward/reasoning",
+                "advantage_mean", "advantage_std", "kl", "clip_fraction", "entropy", "loss", "grad_norm",
+                "learning_rate", "completion_length/pass1_mean", "completion_length/pass2_mean",
+                "parse_failures/pass1", "parse_failures/pass2", "has_caption", "rollout_tokens_per_second",
+                "train_tokens_per_second", "step_time", "rollout_time", "reward_time", "compile_count/update",
+                "compile_count/rollout"):
+        assert key in record, key
+    assert abs(record["advantage_mean"]) < 1e-5  # centred within each group
+    assert {"loss", "tokens_per_second", "step_time", "completions_cut"} <= set(_stage(lines, "sft")[0])
+    samples = (out / "samples.log").read_text()
+    assert samples.count("===== step") == 3  # GRPO steps 1, 2 and 4
+    assert "pass1:" in samples and "pass2:" in samples and "reward/score:" in samples
+    assert any((out / "tensorboard").iterdir())
+
+
+def test_evaluation_writes_readable_predictions(run):
+    _, result, lines, out = run
+    final = result.eval["final"]
+    datasets = load_predictions(out / "eval" / "final" / "predictions.jsonl")
+    column = datasets["synthetic"].columns["overall_score"]
+    assert len(column.images) == final["n"] == 6  # the one held-out photo: clean + 5 levels
+    metrics = iqa_metrics(column.pred, column.gt)
+    assert metrics.n_invalid == final["image"]["n_invalid"]
+    if final["image"]["srcc"] is not None:
+        assert metrics.srcc == pytest.approx(final["image"]["srcc"])
+    assert "caption_score" in datasets["synthetic"].columns
+    assert [r for r in lines if r["stage"] == "eval"][-1]["step"] == result.step
+
+
+def test_update_batch_scores_what_the_sampler_sampled(tmp_path_factory):
+    """The GRPO update batch (prompts repeated per sample, M-RoPE positions, image features per
+    row, completion mask) gives the sampled tokens the log-probs the sampler drew them with; a
+    completion with a generated image placeholder is cut there, so no row takes another's features."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxbiqa.models.build import build_policy
+    from jaxbiqa.rl import batches
+    from jaxbiqa.rollout import Rollout
+
+    root = tmp_path_factory.mktemp("wiring")
+    model_dir, data_dir = make_assets(root)
+    config = tiny_config(model_dir, data_dir, root / "out")
+    trainer = Trainer(config, train=TrainSection(progress=False))
+    model = build_policy(config.model, seed=0)
+    trainer._model_config = model.config
+    rollout = Rollout.from_processor(config.rollout, trainer.processor, model.config.text.vocab_size)
+    step_fn = trainer._grpo_step_fn(model)
+    state = step_fn.init(model)
+    placeholders = (model.config.image_token_id, model.config.video_token_id)
+    iterator, cuts, scored = trainer._pipeline(2, None), 0, 0
+    for seed in range(4):
+        data = next(iterator)
+        prompts = batches.prompt_batch(lambda *a: rollout.prepare(model, *a), data)
+        result = rollout(step_fn.model(state), prompts, jax.random.key(seed))
+        batch, cut = batches.grpo_pass1(prompts, result.pass1.tokens, result.pass1.lengths, 2, trainer.eos_ids,
+                                        placeholders, pad_id=0)
+        features = trainer._image_features(step_fn, state, data,
+                                           trainer._plan(batches.same_image_grid(data["image_grid_thw"]), 2))
+        batch["image_features"] = jnp.repeat(features, 2, axis=0)
+        mask = batch["completion_mask"] > 0
+        logps = np.asarray(step_fn.logprobs(state.params, state.frozen, batch))
+        np.testing.assert_allclose(logps[mask], result.pass1.logprobs[mask], atol=1e-5)
+        second = batches.grpo_pass2(result.pass2_input_ids, result.pass2_attention_mask, result.pass2.tokens,
+                                    result.pass2.lengths, result.has_caption, trainer.eos_ids)
+        mask2 = second["completion_mask"] > 0
+        logps2 = np.asarray(step_fn.logprobs(state.params, state.frozen, second))
+        np.testing.assert_allclose(logps2[mask2], result.pass2.logprobs[mask2], atol=1e-5)
+        assert not mask2[~result.has_caption].any()  # skipped pass 2 is not trained
+        cuts, scored = cuts + cut, scored + int(mask.sum())
+    assert scored > 100
+    assert cuts > 0  # the random policy does sample placeholders: the cut is exercised
+
+
+def test_cut_at_placeholders():
+    from jaxbiqa.rl.batches import cut_at_placeholders
+
+    tokens = np.array([[5, 12, 6, 7], [5, 6, 7, 8], [13, 4, 12, 9]])
+    valid = np.array([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]])
+    out, keep, cut = cut_at_placeholders(tokens, valid, (12, 13), pad_id=0)
+    assert cut == 2
+    np.testing.assert_array_equal(keep, [[1, 0, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(out, [[5, 0, 0, 0], [5, 6, 7, 8], [0, 0, 0, 0]])
