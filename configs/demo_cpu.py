@@ -11,8 +11,14 @@ warm start then the method's two-pass GRPO, on a laptop CPU (2 cores) in about t
 * warm start: 400 steps of 16 records, each teaching pass 1 (image -> caption, think, answer)
   and pass 2 (caption -> think, answer), AdamW 3e-3 with cosine decay, vision tower trained;
 * GRPO: one epoch (48 steps of 16 images x G = 4 samples), the paper's rewards (score +
-  self-consistency + reasoning), beta 1e-3, AdamW 2e-5, vision tower frozen;
+  self-consistency + reasoning), beta 1e-3, AdamW 1e-4 (linear decay), vision tower frozen;
 * evaluation: greedy, image- and caption-conditioned, on the test split after each stage.
+
+Measured on 2 shared CPU cores: 6 min 17 s from nothing (warm start 258 s, GRPO 88 s); held-out
+SRCC / PLCC 0.13 / 0.18 image-conditioned and 0.09 / 0.16 caption-conditioned (-0.00 / 0.02
+after the warm start). The demo's 0.75 target is NOT met: the vision tower trained from scratch
+fits the 12 training photos but does not transfer to the 4 unseen test photos (a direct
+regression probe of the same tower reaches train SRCC 0.95 and test SRCC about 0).
 """
 
 from jaxbiqa.config import Config, ModelSection, RewardsSection
@@ -43,7 +49,7 @@ def get_config() -> Config:
                                  pad_token_id=ENDOFTEXT_ID)),
         rewards=RewardsSection(),
         grpo=GRPOSection(num_generations=4, beta=1e-3, max_completion_length=64, logprob_chunk_size=64),
-        optim=OptimSection(learning_rate=2e-5, schedule="linear", freeze_vision=True),
+        optim=OptimSection(learning_rate=1e-4, schedule="linear", freeze_vision=True),
         sft=SFTSection(steps=400, optim=OptimSection(learning_rate=3e-3, schedule="cosine", warmup_steps=20,
                                                      end_learning_rate=1.5e-4, freeze_vision=False)),
         checkpoint=CheckpointSection(save_interval_steps=100, max_to_keep=2),

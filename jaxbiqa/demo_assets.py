@@ -9,10 +9,11 @@ annotation in the warm-start template (`jaxbiqa.rl.references`).
 
 Its pre-tokenizer cuts only at digits (one token each, so a rating is `3` `.` `4` `2`), newlines
 and punctuation, so merges may span the words of a clause. Measured with the 1,536-token
-vocabulary: the pass-1 prompt is 96 tokens with 16 image tokens (283 with Qwen2's word-level
-pre-tokenizer at 1,024 tokens), a warm-start completion 36-49 tokens (96), the pass-2 prompt
-about 70; the SFT step of the demo model is about 3x faster. The price: a clause the corpus
-repeats is one token, so a caption is a sequence of about ten clause choices rather than words.
+vocabulary: the pass-1 prompt is 101 tokens with 16 image tokens (283 with Qwen2's word-level
+pre-tokenizer and a 1,024-token BPE), a warm-start completion 38-49 tokens (about 96), the
+pass-2 prompt 69-80; a warm-start row is 165 tokens instead of 395, which is what makes the
+demo's 400 warm-start steps fit in minutes on two cores. The price: a clause the corpus repeats
+is one token, so a caption is a sequence of a few clause choices rather than of words.
 Byte-level fallback keeps every text encodable. The 22 Qwen2.5-VL added tokens take ids 0-21 in Qwen's order (`<|endoftext|>` 0,
 `<|im_start|>` 1, `<|im_end|>` 2, `<|vision_start|>` 9, `<|vision_end|>` 10, `<|image_pad|>` 12),
 the fixed ids the model config and the demo recipe name (`DEMO_TOKEN_IDS`); the first 14 are

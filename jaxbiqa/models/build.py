@@ -66,7 +66,7 @@ def build_policy(section, *, seed: int = 0, mesh=None, rules: LogicalRules = DEF
     return Qwen2_5_VLForConditionalGeneration(config, rngs=nnx.Rngs(seed))
 
 
-def abstract_policy(section, *, seed: int = 0, mesh=None, rules: LogicalRules = DEFAULT_RULES) -> nnx.Module:
+def abstract_policy(section, *, seed: int = 0) -> nnx.Module:
     """The policy's structure with `jax.ShapeDtypeStruct` leaves (nothing allocated, no weights read):
     enough to build the train step and restore a checkpoint into."""
     return abstract_model(model_config(section, resolve_model_path(section.path)), seed)

@@ -215,7 +215,8 @@ class Trainer:
                                tensorboard=train.tensorboard, progress=train.progress, enabled=self.main_process)
         try:
             with PreemptionGuard() as guard:
-                model = (abstract_policy(config.model, seed=config.seed, mesh=self.mesh) if start
+                # resuming: the structure is enough, the checkpoint has the values
+                model = (abstract_policy(config.model, seed=config.seed) if start
                          else build_policy(config.model, seed=config.seed, mesh=self.mesh))
                 self._model_config = model.config
                 self.rollout = Rollout.from_processor(config.rollout, self.processor, model.config.text.vocab_size)
@@ -315,7 +316,7 @@ class Trainer:
             tokens = int(np.sum(batch["attention_mask"])) + int(np.sum(batch.get("pass2_attention_mask", 0)))
             record = {**{k: float(v) for k, v in metrics.items()}, "completions_cut": cut,
                       "step_time": now - last, "tokens_per_second": tokens / max(now - last, 1e-9),
-                      "compile_count": step_fn.compile_count}
+                      "compile_count/update": step_fn.compile_count}
             last = now
             if step % self.train.log_every == 0 or step == section.steps:
                 logger.write(step, "sft", record)
