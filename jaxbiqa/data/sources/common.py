@@ -88,8 +88,8 @@ def load_json(path: Path) -> Any:
 
 
 def load_json_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    """("file item N" / "file line N", value) for a JSON list or a JSON-lines file; a bad line of
-    a JSON-lines file becomes a BadRecordError for that line (the other lines stay usable)."""
+    """("file item N" / "file line N", object) for a JSON list or a JSON-lines file; a malformed
+    line or an item that is not an object becomes a BadRecordError for it (the others stay usable)."""
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl" or (not text.lstrip().startswith("[") and "\n{" in text.strip()):
         for number, line in enumerate(text.splitlines(), start=1):
@@ -97,7 +97,7 @@ def load_json_rows(path: Path) -> Iterator[tuple[str, Any]]:
                 continue
             where = f"{path.name} line {number}"
             try:
-                yield where, json.loads(line)
+                yield where, _object(where, json.loads(line))
             except json.JSONDecodeError as err:
                 yield where, BadRecordError(where, f"malformed JSON at column {err.colno}: {err.msg}")
         return
@@ -105,7 +105,12 @@ def load_json_rows(path: Path) -> Iterator[tuple[str, Any]]:
     if not isinstance(data, list):
         raise LabelFileError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     for index, item in enumerate(data):
-        yield f"{path.name} item {index}", item
+        where = f"{path.name} item {index}"
+        yield where, _object(where, item)
+
+
+def _object(where: str, item: Any) -> Any:
+    return item if isinstance(item, Mapping) else BadRecordError(where, f"expected an object, got {type(item).__name__}")
 
 
 def load_split_file(path: str | os.PathLike) -> dict[str, str]:

@@ -58,8 +58,6 @@ def read_conversations(path: str | os.PathLike, *, image_root: str | os.PathLike
         with guard(where):
             if isinstance(item, BadRecordError):
                 raise item
-            if not isinstance(item, Mapping):
-                raise BadRecordError(where, f"expected an object, got {type(item).__name__}")
             image = image_name(item, where)
             base_id = str(item.get("id") or os.path.basename(image))
             pairs = turn_pairs(item.get("conversations"), where)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 from jaxbiqa.data.records import (
@@ -32,8 +31,6 @@ def read_jsonl(path: str | os.PathLike, *, image_root: str | os.PathLike | None 
         with guard(where):
             if isinstance(item, BadRecordError):
                 raise item
-            if not isinstance(item, Mapping):
-                raise BadRecordError(where, f"expected an object, got {type(item).__name__}")
             unknown = sorted(set(item) - set(FIELDS))
             if unknown:
                 raise BadRecordError(where, f"unknown field(s) {unknown}; the schema is {list(FIELDS)}")

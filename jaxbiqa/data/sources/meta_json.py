@@ -13,7 +13,6 @@ turn pair, if present, fills `question` / `reference`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 from jaxbiqa.data.records import BadRecordError, OnBad, RecordGuard, SkipReport, image_path, parse_float
@@ -32,8 +31,6 @@ def read_meta_json(path: str | os.PathLike, *, dataset: str, image_root: str | o
         with guard(where):
             if isinstance(item, BadRecordError):
                 raise item
-            if not isinstance(item, Mapping):
-                raise BadRecordError(where, f"expected an object, got {type(item).__name__}")
             image = image_name(item, where)
             fields = {"id": os.path.basename(image), "image": image_path(root, image, where)}
             if "gt_score" in item:
