@@ -4,7 +4,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-base
 PARITY_STAMP := $(VENV)/.installed-parity
-SAMPLES := jaxbiqa/eval/samples
 
 .PHONY: setup demo test test-parity clean
 
@@ -17,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/jaxbiqa eval-predictions $(SAMPLES)/model_a --human $(SAMPLES)/human.json --logistic --json runs/demo/sample_metrics.json
+	$(BIN)/jaxbiqa demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

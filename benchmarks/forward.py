@@ -13,35 +13,18 @@ Each after warm-up (compilation excluded), the median of a few interleaved repet
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 
 import jax
 import numpy as np
 import torch
+from common import GRID, median_seconds, special_tokens, torch_vl_model
 from flax import nnx
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from jaxbiqa.models.qwen2_5_vl import from_pretrained, prepare_inputs
 
-VOCAB, IMAGE, VISION_START, VISION_END, PAD = 4096, 4000, 4001, 4002, 4003
-GRID = (1, 16, 24)  # 384 patches -> 96 image tokens per image (non-square, windows of 4x4 patches)
-
-
-def torch_model(seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=VOCAB, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
-                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=2048,
-                         bos_token_id=None, eos_token_id=None, pad_token_id=PAD,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]}),
-        vision_config=dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=256,
-                           window_size=56, fullatt_block_indexes=[3]),
-        image_token_id=IMAGE, video_token_id=VOCAB - 1, vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END, tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    return Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
+VOCAB = 4096
+IMAGE, VISION_START, VISION_END, PAD = special_tokens(VOCAB)
 
 
 def batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -59,26 +42,12 @@ def batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     return ids, mask, pixels, grids
 
 
-def median_seconds(fns: list[Callable[[], object]], repeats: int, warmup: int = 2) -> list[float]:
-    """Median wall time of each function; the functions take turns so they share any background load."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, log in zip(fns, times, strict=True):
-            start = time.perf_counter()
-            fn()
-            log.append(time.perf_counter() - start)
-    return [statistics.median(log) for log in times]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
 
-    reference = torch_model()
+    reference = torch_vl_model(VOCAB)
     ids, mask, pixels, grids = batch()
     with tempfile.TemporaryDirectory() as directory:
         reference.save_pretrained(directory)
@@ -102,7 +71,7 @@ def main() -> None:
         return jax.block_until_ready(core(state, *prepared))
 
     diff = float(np.abs(np.asarray(run_jax()) - run_torch().numpy())[mask.astype(bool)].max())
-    t_torch, t_jax, t_core = median_seconds([run_torch, run_jax, run_core], args.repeats)
+    t_torch, t_jax, t_core = median_seconds([run_torch, run_jax, run_core], args.repeats, warmup=2)
     print(f"batch {ids.shape[0]} x {ids.shape[1]} tokens, {pixels.shape[0]} patches; CPU, float32, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__}")
     print(f"max |logit difference| jaxbiqa vs transformers: {diff:.2e}")

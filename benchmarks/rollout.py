@@ -9,7 +9,7 @@ transformers: `model.generate(..., do_sample=True, num_return_sequences=G)` unde
 jaxbiqa: `Sampler` with `num_samples=G` (each image encoded and each prompt prefilled once, the
 KV cache repeated for the G samples), timed after compilation. Also timed: jaxbiqa's prefill with
 the shared-prefill expansion against prefilling the G-times repeated batch, and the whole
-rollout both ways. Timings are medians of `--repeats` runs after a warm-up.
+rollout both ways. Timings are medians of `--repeats` runs after a warm-up, the variants taking turns.
 
     .venv/bin/python benchmarks/rollout.py [--batch 8 --samples 4 --new-tokens 128 --repeats 3]
 """
@@ -17,36 +17,19 @@ rollout both ways. Timings are medians of `--repeats` runs after a warm-up.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 
 import jax
 import numpy as np
 import torch
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from common import GRID, median_seconds, special_tokens, torch_vl_model
 
 from jaxbiqa.models.qwen2_5_vl import from_pretrained
 from jaxbiqa.rollout import Sampler, SamplingConfig
 
-VOCAB, IMAGE, VISION_START, VISION_END, PAD = 32000, 31000, 31001, 31002, 31003
-GRID = (1, 16, 24)  # 384 patches -> 96 image tokens per image (non-square, windows of 4x4 merge units)
+VOCAB = 32000
+IMAGE, VISION_START, VISION_END, PAD = special_tokens(VOCAB)
 TOP_K = 50
-
-
-def torch_model(seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=VOCAB, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
-                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096,
-                         bos_token_id=None, eos_token_id=None, pad_token_id=PAD,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]}),
-        vision_config=dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=256,
-                           window_size=56, fullatt_block_indexes=[3]),
-        image_token_id=IMAGE, video_token_id=VOCAB - 1, vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END, tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    return Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
 
 
 def prompts(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -65,26 +48,16 @@ def prompts(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return ids, mask, pixels, grids
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: Callable[[], object] | None = None) -> float:
-    (warmup or fn)()  # compilation for jaxbiqa, first-call set-up for torch
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8, help="prompts, one image each")
     parser.add_argument("--samples", type=int, default=4, help="G, samples per prompt")
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs (transformers: half as many)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each")
     args = parser.parse_args()
     b, g, n = args.batch, args.samples, args.new_tokens
 
-    reference = torch_model()
+    reference = torch_vl_model(VOCAB)
     ids, mask, pixels, grids = prompts(b)
     with tempfile.TemporaryDirectory() as directory:
         reference.save_pretrained(directory)
@@ -100,11 +73,11 @@ def main() -> None:
                         pixel_values=torch.tensor(pixels), image_grid_thw=torch.tensor(grids),
                         mm_token_type_ids=torch.tensor((ids == IMAGE).astype(np.int64)))
 
-    def torch_generate(new_tokens: int = n):
+    def torch_generate():
         with torch.inference_mode():
             out = reference.generate(**torch_inputs, do_sample=True, top_k=TOP_K, num_return_sequences=g,
-                                     max_new_tokens=new_tokens, pad_token_id=PAD)
-        assert out.shape == (b * g, ids.shape[1] + new_tokens)
+                                     max_new_tokens=n, pad_token_id=PAD)
+        assert out.shape == (b * g, ids.shape[1] + n)
 
     config = SamplingConfig(max_new_tokens=n, num_samples=g, top_k=TOP_K, eos_token_ids=(), pad_token_id=PAD)
     shared = Sampler(config)
@@ -122,11 +95,9 @@ def main() -> None:
     def prefill(sampler, prompts):
         return lambda: jax.block_until_ready(sampler.prefill(model, prompts))
 
-    t_torch = median_seconds(torch_generate, max(1, args.repeats // 2), warmup=lambda: torch_generate(2))
-    t_shared = median_seconds(rollout(shared, batch), args.repeats)
-    t_repeated = median_seconds(rollout(repeated, batch_g), args.repeats)
-    p_shared = median_seconds(prefill(shared, batch), args.repeats)
-    p_repeated = median_seconds(prefill(repeated, batch_g), args.repeats)
+    t_torch, t_shared, t_repeated, p_shared, p_repeated = median_seconds(
+        [torch_generate, rollout(shared, batch), rollout(repeated, batch_g), prefill(shared, batch),
+         prefill(repeated, batch_g)], args.repeats)
 
     print(f"transformers generate (PyTorch CPU): {t_torch:8.3f} s  {tokens / t_torch:8.0f} tokens/s")
     print(f"jaxbiqa rollout (shared prefill):    {t_shared:8.3f} s  {tokens / t_shared:8.0f} tokens/s")

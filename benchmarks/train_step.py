@@ -15,22 +15,25 @@ repetitions. Needs torch and trl (the `parity` extra).
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 
 import jax
 import numpy as np
 import torch
 import trl
+from common import median_seconds
 from datasets import Dataset
 from flax import nnx
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from jaxbiqa.models.qwen2_5_vl import ModelConfig, Qwen2_5_VLForConditionalGeneration, TextConfig, VisionConfig
-from jaxbiqa.models.qwen2_5_vl import trainable_filter
+from jaxbiqa.models.qwen2_5_vl import (
+    ModelConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    TextConfig,
+    VisionConfig,
+    trainable_filter,
+)
 from jaxbiqa.rl.options import GRPOSection, OptimSection
 from jaxbiqa.rl.step import TrainStep, grpo_loss, pack_batch
 
@@ -85,19 +88,6 @@ def trainer_for(model: Qwen2ForCausalLM, batch: int, completion: int) -> trl.GRP
     return trainer
 
 
-def median_seconds(fns: list[Callable[[], object]], repeats: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, log in zip(fns, times, strict=True):
-            start = time.perf_counter()
-            fn()
-            log.append(time.perf_counter() - start)
-    return [statistics.median(log) for log in times]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -146,7 +136,7 @@ def main() -> None:
         state, metrics = step(state, batch)
         losses.setdefault("jaxbiqa", float(jax.block_until_ready(metrics["loss"])))
 
-    t_trl, t_jax = median_seconds([run_trl, run_jax], args.repeats)
+    t_trl, t_jax = median_seconds([run_trl, run_jax], args.repeats, warmup=2)
     tokens = int(batch["attention_mask"].sum())
     print(f"GRPO update, batch {b} x ({p} prompt + {c} completion) tokens, {tokens} real tokens; text model "
           f"hidden {TEXT['hidden_size']}, {TEXT['num_hidden_layers']} layers, vocab {VOCAB}; CPU float32, "

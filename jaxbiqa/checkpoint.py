@@ -5,9 +5,12 @@ save every K steps). One checkpoint holds the items
 * `state`: any pytree of arrays (a `TrainState`: parameters, optimizer state, counters), restored
   into a target of `jax.ShapeDtypeStruct`s that carry concrete shardings (`restore_target`), so
   the restored arrays land on the mesh exactly as they were;
-* `meta`: the step and the RNG key (its raw bits and implementation, JSON);
+* `meta`: the step, the RNG key (its raw bits and implementation) and the number of processes (JSON);
 * `config`: the resolved config (JSON);
-* `data`: a grain iterator's position (when an iterator is given).
+* `data`: a grain iterator's position (when an iterator is given), one file per process.
+With several processes every process calls `save` and `restore` (orbax writes and reads each
+array's shards collectively; process 0 writes the JSON items). The arrays restore on any mesh
+and any number of processes; a data position only with the number of processes that saved it.
 `PreemptionGuard` turns SIGTERM into a flag the training loop polls, so it can save at the end of
 the current step and exit cleanly.
 """
@@ -38,12 +41,14 @@ def restore_target(tree: Any, shardings: Any = None) -> Any:
     """`jax.ShapeDtypeStruct` leaves with concrete shardings: the target `Checkpointer.restore` needs.
 
     `tree` holds arrays or ShapeDtypeStructs (e.g. from `jax.eval_shape`); shardings come from the
-    matching `shardings` tree, else from each leaf's own `.sharding` (arrays), else the default device.
+    matching `shardings` tree, else from each leaf's own `.sharding` (arrays), else the default
+    device. Always concrete: a checkpoint written on another mesh or by several processes is
+    resharded to them (without one orbax would use the saved layout, which need not exist here).
     """
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     if shardings is None:
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-                            tree)
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+        shardings = jax.tree.map(lambda x: getattr(x, "sharding", None) or default, tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s or default), tree, shardings)
 
 
 def _key_to_json(key: jax.Array | None) -> dict | None:
@@ -111,7 +116,8 @@ class Checkpointer:
         if (step % self.save_interval_steps and not force) or step in self.manager.all_steps():
             return False
         items = dict(state=ocp.args.StandardSave(state),
-                     meta=ocp.args.JsonSave({"step": int(step), "key": _key_to_json(key)}))
+                     meta=ocp.args.JsonSave({"step": int(step), "key": _key_to_json(key),
+                                             "processes": jax.process_count()}))
         if config is not None:
             items["config"] = ocp.args.JsonSave(_config_dict(config))
         if data_iterator is not None:
@@ -135,6 +141,12 @@ class Checkpointer:
         restore_data = data_iterator is not None and "data" in saved
         if restore_data:
             import grain
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+            processes = meta.get("processes", 1)
+            if processes != jax.process_count():
+                raise ValueError(f"checkpoint step {step} in {self.directory} holds the data position of {processes} "
+                                 f"process(es), this run has {jax.process_count()}: resume with {processes}, or "
+                                 "restore without a data iterator (the arrays restore on any number of processes)")
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
         config = out["config"] if "config" in items else None

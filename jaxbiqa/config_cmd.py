@@ -13,7 +13,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """`--config` and repeatable `--set key=value`, shared by every sub-command that takes a config."""
     parser.add_argument("--config", default=None, help="recipe name in configs/ or a path to a config .py file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set rewards.score_threshold=0.3 (repeatable)")
+                        help="override one config value, e.g. --set rewards.params.score.threshold=0.3 (repeatable)")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -77,7 +77,7 @@ def train(config, progress: bool = True) -> dict[str, Any]:
         return json.loads(summary.read_text())
     # the demo evaluates the restored checkpoint itself, so the trainer's final evaluation is left out
     section = dataclasses.replace(train_section(config), eval_at_end=False, progress=progress)
-    result = Trainer(config, train=section).run(resume=True)
+    result = Trainer.from_runtime(config, train=section).run(resume=True)
     if result.preempted:
         raise KeyboardInterrupt(f"training stopped at step {result.step}; run `jaxbiqa demo` again to resume")
     return json.loads(summary.read_text()) if summary.is_file() else {"step": result.step}

@@ -3,8 +3,12 @@
 Every process runs the same program. `setup(section)` does what must happen before the first
 computation: the persistent compilation cache, `jax.distributed.initialize` (once, and only when
 the environment is a cluster: see `jaxbiqa.runtime_options`), then the mesh. Each process loads
-its own share of the data (grain's `ShardByJaxProcess`) and `global_batch` assembles the shares
-into global arrays split over the mesh's batch axes; only the main process writes logs and reports.
+its own share of the data; `global_batch` assembles the shares into global arrays split over the
+mesh's batch axes. Host-side work that needs every row (the trainer's rewards) uses
+`gather_rows` (each process's rows, concatenated in process order, on every process),
+`shard_batch` (a host batch every process holds in full -> global arrays) and `fetch`
+(`jax.device_get` that also reads arrays spread over other processes' devices). Only the main
+process writes logs and reports.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from jax.experimental import mesh_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 
 from jaxbiqa import sharding
@@ -257,3 +262,68 @@ def global_batch(local: Mapping[str, Any], mesh: Mesh, row_axes: Mapping[str, in
             raise ValueError(f"batch entry {key!r} of local shape {value.shape} on process "
                              f"{jax.process_index()}: {err}") from err
     return out
+
+
+def shard_batch(batch: Mapping[str, Any], mesh: Mesh, row_axes: Mapping[str, int] | None = None,
+                rules: sharding.LogicalRules = sharding.DEFAULT_RULES) -> dict[str, Any]:
+    """Host arrays that every process holds in full -> global arrays with rows over the batch axes.
+
+    Each process places only the blocks of its own devices (no communication). Axes that do not
+    divide an entry's rows are left out of its sharding (`sharding.sharding_for`). Entries that
+    already are `jax.Array`s are kept as they are.
+    """
+    row_axes = row_axes or {}
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, jax.Array):
+            out[key] = value
+            continue
+        value = np.asarray(value)
+        place = sharding.sharding_for(value.shape, batch_names(value.ndim, row_axes.get(key, 0)), mesh, rules)
+        out[key] = jax.make_array_from_callback(value.shape, place, lambda index, v=value: v[index])
+    return out
+
+
+# ---------------------------------------------------------------- host values across processes
+
+def allgather_objects(value: Any) -> list[Any]:
+    """Every process's `value` (any picklable object), in process order, on every process.
+
+    A collective: every process must call it at the same point. One process: `[value]`.
+    """
+    if jax.process_count() == 1:
+        return [value]
+    blob = np.frombuffer(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray(blob.size, np.int32))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:blob.size] = blob
+    blobs = np.asarray(multihost_utils.process_allgather(padded))
+    return [pickle.loads(blobs[i, :size].tobytes()) for i, size in enumerate(sizes)]
+
+
+def gather_rows(local: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+    """Each process's batch rows concatenated in process order: the global batch, on every process.
+
+    Any entries (numbers, strings) with rows on axis 0. None when any process passed None (e.g.
+    its data ended), so that all processes stop together. A collective, like `allgather_objects`.
+    """
+    if jax.process_count() == 1:
+        return None if local is None else dict(local)
+    parts = allgather_objects(None if local is None else {k: np.asarray(v) for k, v in local.items()})
+    if any(part is None for part in parts):
+        return None
+    keys = list(parts[0])
+    if any(list(part) != keys for part in parts):
+        raise ValueError(f"the processes' batches have different entries: {[sorted(part) for part in parts]}")
+    return {key: np.concatenate([part[key] for part in parts]) for key in keys}
+
+
+def fetch(tree: Any) -> Any:
+    """`jax.device_get` of a pytree, also for arrays spread over several processes' devices (those
+    are gathered: a collective, so every process must fetch the same arrays in the same order)."""
+    def one(leaf: Any) -> Any:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+        return jax.device_get(leaf)
+
+    return jax.tree.map(one, tree)

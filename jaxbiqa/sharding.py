@@ -86,12 +86,15 @@ def current_mesh() -> jax.sharding.AbstractMesh | None:
 
 
 def constrain(x: jax.Array, names: Sequence[str | None], rules: LogicalRules = DEFAULT_RULES) -> jax.Array:
-    """`with_sharding_constraint` by logical names under the current mesh; identity without one."""
+    """`with_sharding_constraint` by logical names under the current mesh; identity without one.
+
+    Mesh axes that do not divide their dimension are left out: a padded sharding (e.g. 2 rows over
+    4 batch devices) makes XLA's partitioner compute wrong gradients for gathers from a sharded table.
+    """
     mesh = current_mesh()
     if mesh is None:
         return x
-    spec = logical_to_spec(names, rules, mesh.axis_names)
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    return jax.lax.with_sharding_constraint(x, sharding_for(x.shape, names, mesh, rules))
 
 
 def _divisible_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:

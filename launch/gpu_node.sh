@@ -36,16 +36,8 @@ done
 [[ -z "$gpus" || "$gpus" =~ ^[1-9][0-9]*$ ]] || die "--gpus must be a positive integer, got '$gpus'"
 [[ "$mem_fraction" =~ ^(0?\.[0-9]+|1(\.0*)?)$ ]] || die "--mem-fraction must be in (0, 1], got '$mem_fraction'"
 
-quote() {  # the arguments as one shell line, quoting only the words that need it
-  local words=() word
-  for word in "$@"; do
-    if [[ "$word" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then words+=("$word")
-    elif [[ "$word" != *\'* ]]; then words+=("'$word'")
-    elif [[ "$word" != *[\"\\\`]* ]]; then words+=("\"${word//\$/\\\$}\"")
-    else words+=("'${word//\'/\'\\\'\'}'"); fi
-  done
-  printf '%s\n' "${words[*]}"
-}
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 vars=("XLA_PYTHON_CLIENT_MEM_FRACTION=$mem_fraction" "JAX_COMPILATION_CACHE_DIR=$cache_dir")
 [[ -z "$gpus" ]] || vars=("CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((gpus - 1)))" "${vars[@]}")

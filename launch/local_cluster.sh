@@ -55,16 +55,8 @@ process_env() {  # the environment of process $1, as NAME=value words
     "JAXBIQA_PROCESS_ID=$1" "JAX_PLATFORMS=cpu" "XLA_FLAGS=$xla_flags"
 }
 
-quote() {  # the arguments as one shell line, quoting only the words that need it
-  local words=() word
-  for word in "$@"; do
-    if [[ "$word" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then words+=("$word")
-    elif [[ "$word" != *\'* ]]; then words+=("'$word'")
-    elif [[ "$word" != *[\"\\\`]* ]]; then words+=("\"${word//\$/\\\$}\"")
-    else words+=("'${word//\'/\'\\\'\'}'"); fi
-  done
-  printf '%s\n' "${words[*]}"
-}
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if ((dry_run)); then
   for ((i = 0; i < processes; i++)); do

@@ -70,16 +70,8 @@ if [[ -z "$version" ]]; then
   esac
 fi
 
-quote() {  # the arguments as one shell line, quoting only the words that need it
-  local words=() word
-  for word in "$@"; do
-    if [[ "$word" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then words+=("$word")
-    elif [[ "$word" != *\'* ]]; then words+=("'$word'")
-    elif [[ "$word" != *[\"\\\`]* ]]; then words+=("\"${word//\$/\\\$}\"")
-    else words+=("'${word//\'/\'\\\'\'}'"); fi
-  done
-  printf '%s\n' "${words[*]}"
-}
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 run() { if ((dry_run)); then quote "$@"; else "$@"; fi; }
 
 where=(--zone="$zone")

@@ -76,6 +76,15 @@ def test_round_trip_on_mesh_with_optimizer_rng_data_and_config(tmp_path):
     for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(state.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
+    # a target without shardings (no mesh here) restores the mesh's checkpoint onto one device
+    unplaced = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), step.abstract_state(model))
+    with Checkpointer(tmp_path / "ckpt") as ckpt:
+        single = ckpt.restore(restore_target(unplaced), step=1)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    for got, want in zip(jax.tree.leaves(single.state), jax.tree.leaves(saved)):
+        assert got.sharding == device
+        np.testing.assert_array_equal(np.asarray(got), want)
+
 
 def test_restore_target_from_arrays_and_raw_keys(tmp_path):
     state = _small_state(1)

@@ -3,11 +3,14 @@ processor and pass-1 prompt tokens) -> skip bad records -> batches.
 
 Order of operations and why:
 1. sources: reader records and/or TFDS ArrayRecord datasets, concatenated, filtered to one split;
-2. shard: this process keeps every `shard_count`-th record starting at `shard_index`
-   (ShardByJaxProcess by default); with `drop_remainder` all shards get the same length, so every
-   process takes the same number of steps;
-3. shuffle (seed) and repeat (`num_epochs`, each epoch reshuffled): grain's index-based
-   MapDataset, so an iterator's state is a few integers and restores exactly;
+2. shuffle (seed) and repeat (`num_epochs`, each epoch reshuffled) over ALL records: grain's
+   index-based MapDataset, so an iterator's state is a few integers and restores exactly;
+3. shard (`ProcessRows`): the stream is cut into global batches of `shard_count x batch_size`
+   records and shard `shard_index` (the JAX process by default) keeps its contiguous
+   `batch_size` slice of each. So shard i's k-th batch is rows [i*b, (i+1)*b) of global batch k,
+   the same records in the same order whatever the number of shards: P processes with batch
+   size b read what one process with batch size P*b reads. With `drop_remainder` only whole
+   global batches are read, so every process takes the same number of steps;
 4. `PrepareExample` (in worker processes when `num_workers > 0`): reads and decodes the image
    (images.decode_image: any mode, EXIF rotation), resizes it to the one fixed size of
    `images.target_size` (so every image is the same number of visual tokens), and, given a
@@ -16,7 +19,9 @@ Order of operations and why:
    the record under "raise";
 5. `SkipBadRecords` (main process): drops the markers, counts them per epoch, and at the end of
    each epoch logs the SkipReport and passes it to `on_epoch_end`; its state (epoch and the
-   skipped records so far) is part of the iterator state, so a resumed run reports them too;
+   skipped records so far) is part of the iterator state, so a resumed run reports them too. A
+   skipped record is replaced by the shard's next one, so with several shards the global batches
+   no longer match a one-shard run's from there on;
 6. batching: strings become numpy string arrays, numbers float32, arrays are stacked.
 
 `iterator.get_state()` / `set_state()` (or orbax with grain.checkpoint.CheckpointSave) save and
@@ -258,6 +263,35 @@ def _mark_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+class ProcessRows(grain.MapDataset):
+    """Shard `index` of `count`: its contiguous `rows` of each global batch of `count * rows` elements.
+
+    Element j of the shard is element `(j // rows) * count * rows + index * rows + j % rows` of
+    `parent`. With `drop_remainder` only whole global batches are kept; otherwise the last, partial
+    one is shared out in the same order (a shard may get fewer rows, or none).
+    """
+
+    def __init__(self, parent: grain.MapDataset, rows: int, index: int, count: int, *, drop_remainder: bool = True):
+        super().__init__(parent)
+        if rows < 1 or not 0 <= index < count:
+            raise ValueError(f"ProcessRows: need rows >= 1 and 0 <= index < count, got {rows}, {index}, {count}")
+        self._rows, self._index, self._count = rows, index, count
+        whole, rest = divmod(len(parent), rows * count)
+        self._length = whole * rows + (0 if drop_remainder else min(rows, max(rest - index * rows, 0)))
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        batch, row = divmod(index, self._rows)
+        return self._parent[(batch * self._count + self._index) * self._rows + row]
+
+    def __str__(self) -> str:
+        return f"ProcessRows(rows={self._rows}, index={self._index}, count={self._count})"
+
+
 def shard_options(data: DataSection) -> grain.sharding.ShardOptions:
     if data.shard_count > 0 and data.shard_index >= 0:
         return grain.sharding.ShardOptions(data.shard_index, data.shard_count, drop_remainder=data.drop_remainder)
@@ -278,19 +312,19 @@ def build_dataset(source: Any, data: DataSection, *, preprocess: Preprocess | No
     """The batched IterDataset over `source` (random access records) with `data`'s options."""
     shard = shard or shard_options(data)
     ds = grain.MapDataset.source(source)
-    if shard.drop_remainder:
-        ds = ds[: len(ds) // shard.shard_count * shard.shard_count]
-    ds = ds[shard.shard_index::shard.shard_count]
-    if not len(ds):
-        raise ValueError(f"shard {shard.shard_index}/{shard.shard_count} of {len(source)} records is empty")
     epoch_length = len(ds)
     if data.shuffle:
         ds = ds.shuffle(seed=data.seed)
     if data.num_epochs != 1:
         ds = ds.repeat(data.num_epochs)
+    # prepared lazily: only the records of this shard's rows are decoded
     ds = ds.map_with_index(PrepareExample(image_size(data), epoch_length, match_orientation=data.match_orientation,
                                           preprocess=preprocess, require_mos=data.require_mos,
                                           on_bad=data.on_bad_record))
+    ds = ProcessRows(ds, data.batch_size, shard.shard_index, shard.shard_count, drop_remainder=shard.drop_remainder)
+    if not len(ds):
+        raise ValueError(f"shard {shard.shard_index}/{shard.shard_count} of {len(source)} records is empty "
+                         f"(a global batch is {shard.shard_count} x {data.batch_size} records)")
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=data.read_threads,
                                               prefetch_buffer_size=data.prefetch_buffer_size))
     if data.num_workers > 0:

@@ -44,9 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxbiqa.distributed import fetch
 from jaxbiqa.eval.alignment import HUMAN_FIELDS, human_reference, rouge1_alignment
 from jaxbiqa.eval.metrics import INVALID_SENTINEL, OnInvalid, gap, iqa_metrics
-from jaxbiqa.eval.predictions import SCORE_COLUMNS
+from jaxbiqa.eval.predictions import SCORE_COLUMNS, json_safe
 from jaxbiqa.eval.predictions_cmd import is_lower_is_better
 from jaxbiqa.models.qwen2_5_vl.rope import text_positions
 from jaxbiqa.rewards.parse import parse_rating, split_caption, tag_content
@@ -171,7 +172,7 @@ class Evaluator:
 
     def __call__(self, model, prompts: PromptBatch, key: jax.Array) -> BatchOutput:
         graphdef, state = nnx.split(model)
-        first, has_c, has_r, second = jax.device_get(_eval_program(
+        first, has_c, has_r, second = fetch(_eval_program(
             graphdef, state, prompts, key, self.stops1, self.stops2, self.tables["think"], self.tables["answer"],
             pass1=self.pass1, pass2=self.pass2, max_caption=self.max_caption, two_pass=self.two_pass))
         texts = self.decode_texts(first)
@@ -281,16 +282,6 @@ def dataset_metrics(name: str, rows: Sequence[Mapping[str, Any]], settings: Eval
     return entry
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
     predictions: Path
@@ -321,7 +312,7 @@ class PredictionWriter:
         texts = record.pop("_human", None)
         if texts is not None:
             self.human.setdefault(record["image"], {"image": record["image"], **texts})
-        line = json.dumps(_json_safe(record), ensure_ascii=False) + "\n"
+        line = json.dumps(json_safe(record), ensure_ascii=False) + "\n"
         self.count += 1
         scored = self.scored.setdefault(record["dataset"], [])
         if "perception_text" in record:
@@ -349,7 +340,7 @@ class PredictionWriter:
             completions = self.completions.get(name, {})
             texts = {image: references[image] for image in completions if image in references}
             datasets[name] = dataset_metrics(name, self.scored[name], self.settings, completions, texts or None)
-        metrics = _json_safe({"settings": dataclasses.asdict(self.settings), **dict(extra or {}), "n": self.count,
+        metrics = json_safe({"settings": dataclasses.asdict(self.settings), **dict(extra or {}), "n": self.count,
                               "n_without_target": self.unscored, "predictions": self.predictions.name,
                               "human": human_file.name if human_file else None, "datasets": datasets})
         metrics_file = self.out_dir / METRICS_FILE

@@ -58,6 +58,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -266,3 +267,14 @@ def load_predictions(path: str | Path) -> dict[str, DatasetPredictions]:
     groups = _collect(Path(path))
     names = sorted({d[: -len(CAPTION_SUFFIX)] if d.endswith(CAPTION_SUFFIX) else d for d in groups})
     return {name: _dataset(name, groups.get(name, []), groups.get(name + CAPTION_SUFFIX, [])) for name in names}
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with non-finite floats turned into None (JSON has no NaN), through dicts and lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

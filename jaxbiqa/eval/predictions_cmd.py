@@ -24,7 +24,7 @@ from pathlib import Path
 
 from jaxbiqa.eval.alignment import load_human_texts, rouge1_alignment
 from jaxbiqa.eval.metrics import INVALID_SENTINEL, gap, iqa_metrics
-from jaxbiqa.eval.predictions import COLUMN_LABELS, PredictionFormatError, load_predictions
+from jaxbiqa.eval.predictions import COLUMN_LABELS, PredictionFormatError, json_safe, load_predictions
 
 AUTO_LOWER_IS_BETTER = ("csiq",)
 
@@ -129,16 +129,6 @@ def format_table(label: str, path: str, datasets: dict, logistic: bool) -> str:
     return "\n".join(out)
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         human = load_human_texts(args.human) if args.human else None
@@ -156,5 +146,5 @@ def run(args: argparse.Namespace) -> int:
             "human": str(args.human) if args.human else None,
         }
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(_json_safe({"settings": settings, "models": results}), indent=2) + "\n")
+        args.json_out.write_text(json.dumps(json_safe({"settings": settings, "models": results}), indent=2) + "\n")
     return 0

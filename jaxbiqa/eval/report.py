@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxbiqa.eval.alignment import load_human_texts, rouge1_alignment
 from jaxbiqa.eval.metrics import INVALID_SENTINEL, IQAMetrics, OnInvalid, gap, iqa_metrics
-from jaxbiqa.eval.predictions import COLUMN_LABELS, DatasetPredictions, load_predictions
+from jaxbiqa.eval.predictions import COLUMN_LABELS, DatasetPredictions, json_safe, load_predictions
 from jaxbiqa.eval.predictions_cmd import is_lower_is_better
 
 PLOTS_DIR = "plots"
@@ -88,16 +88,6 @@ def metric_row(label: str, m: IQAMetrics) -> list[str]:
     """One row of a dataset's metrics table (`METRIC_HEADER` order)."""
     return [label, str(m.n), str(m.n_invalid), num(m.plcc), num(m.srcc), num(m.krcc), num(m.rmse),
             num(m.plcc_logistic), num(m.rmse_logistic)]
-
-
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _slug(name: str, taken: set[str]) -> str:
@@ -314,9 +304,9 @@ def build_report(predictions: str | Path, out_dir: str | Path, *, training_log: 
     markdown = out_dir / "report.md"
     markdown.write_text(render_markdown(blocks), encoding="utf-8")
     metrics_json = out_dir / "metrics.json"
-    metrics_json.write_text(json.dumps(_json_safe(metrics), indent=2) + "\n", encoding="utf-8")
+    metrics_json.write_text(json.dumps(json_safe(metrics), indent=2) + "\n", encoding="utf-8")
     html_path = None
     if html:
         html_path = out_dir / "report.html"
         html_path.write_text(render_html(blocks, title, out_dir), encoding="utf-8")
-    return Report(markdown, metrics_json, tuple(written), html_path, _json_safe(metrics))
+    return Report(markdown, metrics_json, tuple(written), html_path, json_safe(metrics))

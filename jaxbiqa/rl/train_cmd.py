@@ -1,6 +1,11 @@
 """`jaxbiqa train`: the warm start and two-pass GRPO of a recipe, into its output directory.
 
     jaxbiqa train --config demo_cpu [--set key=value ...] [--resume]
+    launch/local_cluster.sh -n 2 -d 4 -- jaxbiqa train --config demo_cpu   # 2 processes x 4 CPU devices
+
+The mesh is `runtime.mesh` (and `runtime.dcn_mesh`); under a launcher (`launch/`) every process
+runs this command and the multi-process runtime starts from the environment. `data.batch_size`
+counts records per process.
 
 Writes under `output_dir`: `config.json` (the resolved config), `checkpoints/`, `train_log.jsonl`,
 `tensorboard/`, `samples.log`, `policy/` (a Hugging Face checkpoint of the trained policy),
@@ -45,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
         train = dataclasses.replace(train, progress=False)
     try:
-        trainer = Trainer(config, train=train)
+        trainer = Trainer.from_runtime(config, train=train)  # the mesh of config.runtime, on every process
     except (ConfigError, FileNotFoundError, ValueError) as err:  # settings that do not fit together, missing files
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -64,5 +69,6 @@ def run(args: argparse.Namespace) -> int:
         summary["eval"] = {"n": final["n"], "srcc": final["image"]["srcc"], "plcc": final["image"]["plcc"],
                            **({"caption_srcc": final["caption"]["srcc"], "caption_plcc": final["caption"]["plcc"]}
                               if "caption" in final else {})}
-    print(json.dumps(summary))
+    if trainer.main_process:  # one summary line for the run, not one per process
+        print(json.dumps(summary))
     return 0

@@ -26,7 +26,28 @@ are GRPO rollouts, so a checkpoint's step says which state it holds. Randomness:
 `fold_in(key, k)`, so a resumed run draws what the uninterrupted one would have.
 
 At the end: the policy as a Hugging Face checkpoint (`<output_dir>/policy`, LoRA merged, with the
-tokenizer) and the evaluation hook (`jaxbiqa.rl.evaluation`, greedy, `<output_dir>/eval/`).
+tokenizer) and the evaluation hook (`jaxbiqa.eval.evaluate`, greedy, `<output_dir>/eval/`).
+
+Meshes and processes (`Trainer.from_runtime`: `config.runtime` via `jaxbiqa.distributed.setup`,
+or an explicit `mesh`). The run on a mesh, on one process or several, does what the one-device
+run does: the same global batches, the same samples, the same rewards and updates.
+* Data: `data.batch_size` records per process; process i reads its contiguous slice of each
+  global batch (`data.pipeline.ProcessRows`), decoding only its own images, then
+  `distributed.gather_rows` gives every process the whole global batch on the host. So P
+  processes with batch size b see exactly the batches of one process with batch size P*b.
+* Device work takes the global batch: update batches become global arrays split over the
+  mesh's batch axes (`distributed.shard_batch`), the rollout's prompts go in as host arrays.
+  Sampling draws with `fold_in(key, step)` over the whole `[rows, vocab]` block with JAX's
+  partitionable threefry, so a row's tokens do not depend on how rows are laid out on devices.
+* The host reads device results with `distributed.fetch`: every process gets all rollout rows,
+  decodes all texts and computes all rewards and advantages (rewards may compare rows, e.g.
+  ranking), identical on every process, with no reward exchange.
+* Process 0 alone writes config.json, logs, samples, summary, the exported policy and the
+  evaluation's predictions; every process takes part in checkpoints (orbax writes each array's
+  shards collectively; the data position is saved per process, so resuming with the data
+  position needs the same process count, while the arrays restore on any mesh).
+* Evaluation: every process reads the whole eval split and runs the same greedy rollout over the
+  mesh; process 0 writes the predictions.
 """
 
 from __future__ import annotations
@@ -37,6 +58,7 @@ import dataclasses
 import functools
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -48,28 +70,31 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from jaxbiqa import distributed
 from jaxbiqa.checkpoint import Checkpointer, PreemptionGuard, restore_target
 from jaxbiqa.config import Config, to_dict
 from jaxbiqa.data.pipeline import Pass1Preprocess, make_pipeline, open_sources, shard_options
+from jaxbiqa.eval.evaluate import METRICS_FILE, PREDICTIONS_FILE, EvalSettings, evaluate
 from jaxbiqa.models.build import abstract_policy, build_policy, build_processor
 from jaxbiqa.models.qwen2_5_vl import trainable_filter, vision_plan
 from jaxbiqa.rewards import build_reward, parse_ratings, split_caption
 from jaxbiqa.rl import batches
-from jaxbiqa.rl.evaluation import PREDICTIONS_FILE, evaluate, greedy_rollout_config
 from jaxbiqa.rl.losses import group_advantages
 from jaxbiqa.rl.metrics_log import MetricsLogger
 from jaxbiqa.rl.references import reference_completion
-from jaxbiqa.rl.step import TrainState, TrainStep, grpo_loss
+from jaxbiqa.rl.step import ROW_AXIS, TrainState, TrainStep, grpo_loss
 from jaxbiqa.rl.train_options import TrainSection
 from jaxbiqa.rollout import Rollout
-from jaxbiqa.rollout.batch import pick_bucket
+from jaxbiqa.rollout.batch import PromptBatch, pick_bucket
 from jaxbiqa.sft.loss import sft_loss
+from jaxbiqa.sharding import DEFAULT_RULES, LogicalRules
 
 log = logging.getLogger("jaxbiqa.train")
 
 CONFIG_FILE = "config.json"
 POLICY_DIR = "policy"
 EVAL_DIR = "eval"
+EVAL_COLUMNS = {"image": "overall_score", "caption": "caption_score", "caption_think": "reasoning_score"}
 SUMMARY_FILE = "summary.json"
 
 
@@ -113,16 +138,28 @@ def rollout_compile_count() -> int:
 class Trainer:
     """One training run of `config` (see the module docstring); `run()` does it, resuming with `resume=True`.
 
-    `train` overrides the config's `train` section; `mesh` places parameters and batches (None:
-    one device).
+    `train` overrides the config's `train` section; `mesh` places parameters and batches by
+    `rules` (None: one device, one process); `from_runtime` takes both from `config.runtime`.
     """
 
-    def __init__(self, config: Config, *, train: TrainSection | None = None, mesh: Mesh | None = None):
+    def __init__(self, config: Config, *, train: TrainSection | None = None, mesh: Mesh | None = None,
+                 rules: LogicalRules = DEFAULT_RULES):
         self.config = config
         self.train = train or train_section(config)
         self.mesh = mesh
+        self.rules = rules
         self.output_dir = Path(config.output_dir)
         self.main_process = jax.process_index() == 0
+        if jax.process_count() > 1:
+            if mesh is None:
+                raise ValueError(f"a run on {jax.process_count()} processes needs a mesh over their devices "
+                                 "(Trainer.from_runtime builds it from config.runtime)")
+            shard = shard_options(config.data)
+            if (shard.shard_index, shard.shard_count) != (jax.process_index(), jax.process_count()):
+                raise ValueError(f"data.shard_index / shard_count ({shard.shard_index}, {shard.shard_count}) must "
+                                 "be left unset in a multi-process run: each process reads its own share")
+            if config.rollout.two_pass and not config.rollout.fused:
+                raise ValueError("rollout.fused=False (the host-side reference path) runs on one process only")
         self.sft_pass2 = self.train.sft_pass2 and config.rollout.two_pass  # a one-pass rollout has no pass 2
         if self.train.train_pass2 and not config.rollout.two_pass:
             raise ValueError("train.train_pass2 needs rollout.two_pass")
@@ -141,6 +178,14 @@ class Trainer:
         self.key = jax.random.key(config.seed)
         self._images: dict[int, Any] = {}
 
+    @classmethod
+    def from_runtime(cls, config: Config, *, train: TrainSection | None = None) -> "Trainer":
+        """A trainer on the mesh and rules of `config.runtime`, after starting the multi-process
+        runtime when the environment calls for one (`jaxbiqa.distributed.setup`; call this before
+        anything else touches a device)."""
+        runtime = distributed.setup(config.runtime)
+        return cls(config, train=train, mesh=runtime.mesh, rules=runtime.rules)
+
     # ------------------------------------------------------------------ sizes
 
     @functools.cached_property
@@ -152,11 +197,11 @@ class Trainer:
                 raise ValueError("data.num_epochs is None (no end): set train.max_steps")
             return self.train.max_steps
         records = len(open_sources(data.train, data.train_split, data))
-        shard = shard_options(data)
-        per_shard = records // shard.shard_count if shard.drop_remainder else -(-records // shard.shard_count)
-        steps = per_shard // data.batch_size * data.num_epochs
+        global_batch = data.batch_size * shard_options(data).shard_count
+        steps = records * data.num_epochs // global_batch  # drop_remainder=False: a last, partial batch
+        steps += int(not data.drop_remainder and records * data.num_epochs % global_batch > 0)
         if steps < 1 and not self.train.max_steps:
-            raise ValueError(f"the train split has {records} records, fewer than one batch of {data.batch_size}")
+            raise ValueError(f"the train split has {records} records, fewer than one batch of {global_batch}")
         return min(steps, self.train.max_steps) if self.train.max_steps else steps
 
     def total_steps(self) -> int:
@@ -170,6 +215,28 @@ class Trainer:
     def _pipeline(self, batch_size: int, num_epochs: int | None, split: str = "train") -> Iterator:
         data = dataclasses.replace(self.config.data, batch_size=batch_size, num_epochs=num_epochs)
         return iter(make_pipeline(data, split, preprocess=self.preprocess))
+
+    @staticmethod
+    def _next_batch(iterator: Iterator) -> dict[str, np.ndarray] | None:
+        """The next global batch on every process (`distributed.gather_rows`); None once any
+        process's data has ended, so that all stop at the same step."""
+        try:
+            local = next(iterator)
+        except StopIteration:
+            local = None
+        return distributed.gather_rows(local)
+
+    def _device_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """An update batch held in full by every process -> global arrays on the mesh (unchanged
+        without one)."""
+        if self.mesh is None:
+            return dict(batch)
+        return distributed.shard_batch(batch, self.mesh, ROW_AXIS, self.rules)
+
+    def _rollout(self, rollout: Rollout, policy, prompts: PromptBatch, key: jax.Array):
+        """`rollout(policy, prompts, key)` under the mesh, every row's result on every process."""
+        with self._mesh():
+            return rollout(policy, prompts, key)
 
     def _plan(self, grid: np.ndarray, images: int):
         """The vision plan of `images` images of one size (the micro-batch's share, cached)."""
@@ -217,7 +284,7 @@ class Trainer:
             with PreemptionGuard() as guard:
                 # resuming: the structure is enough, the checkpoint has the values
                 model = (abstract_policy(config.model, seed=config.seed) if start
-                         else build_policy(config.model, seed=config.seed, mesh=self.mesh))
+                         else build_policy(config.model, seed=config.seed, mesh=self.mesh, rules=self.rules))
                 self._model_config = model.config
                 self.rollout = Rollout.from_processor(config.rollout, self.processor, model.config.text.vocab_size)
                 if sft_steps and start <= sft_steps:
@@ -293,7 +360,7 @@ class Trainer:
         loss = sft_loss(config.grpo.logprob_chunk_size)
         step_fn = TrainStep(model, batches.two_pass_loss(loss) if self.sft_pass2 else loss, section.optim,
                             max(section.steps, 1), trainable=self._trainable(section.optim), mesh=self.mesh,
-                            logprob_chunk_size=config.grpo.logprob_chunk_size)
+                            rules=self.rules, logprob_chunk_size=config.grpo.logprob_chunk_size)
         batch_size = self.train.sft_batch_size or config.data.batch_size
         iterator = self._pipeline(batch_size, None)
         if start:
@@ -307,11 +374,11 @@ class Trainer:
         last = time.perf_counter()
         while step < section.steps:
             step += 1
-            data = next(iterator)
+            data = self._next_batch(iterator)  # the warm start's data repeats: it does not end
             batch, shared, cut = self._sft_batch(model, data)
             key = jax.random.fold_in(self.key, step)
-            state, metrics = step_fn(state, batch, self._dropout_key(key), shared)
-            metrics = jax.device_get(metrics)
+            state, metrics = step_fn(state, self._device_batch(batch), self._dropout_key(key), shared)
+            metrics = distributed.fetch(metrics)
             now = time.perf_counter()
             tokens = int(np.sum(batch["attention_mask"])) + int(np.sum(batch.get("pass2_attention_mask", 0)))
             record = {**{k: float(v) for k, v in metrics.items()}, "completions_cut": cut,
@@ -339,7 +406,7 @@ class Trainer:
             loss = batches.two_pass_loss(loss)
         updates = max(self.grpo_steps * config.grpo.num_iterations, 1)
         return TrainStep(model, loss, config.optim, updates, trainable=self._trainable(config.optim), mesh=self.mesh,
-                         logprob_chunk_size=config.grpo.logprob_chunk_size)
+                         rules=self.rules, logprob_chunk_size=config.grpo.logprob_chunk_size)
 
     def _grpo_stage(self, model, checkpointer: Checkpointer, logger: MetricsLogger, guard: PreemptionGuard,
                     start: int) -> tuple[nnx.Module, int, int]:
@@ -364,9 +431,8 @@ class Trainer:
         try:
             last = time.perf_counter()
             while step < total:
-                try:
-                    data = next(iterator)
-                except StopIteration:
+                data = self._next_batch(iterator)
+                if data is None:
                     log.info("the train data ended after step %d", step)
                     break
                 step += 1
@@ -413,8 +479,7 @@ class Trainer:
         policy = step_fn.model(state)
         prompts = batches.prompt_batch(lambda *a: self.rollout.prepare(policy, *a), data)
         t0 = time.perf_counter()
-        with self._mesh():
-            result = self.rollout(policy, prompts, rollout_key)
+        result = self._rollout(self.rollout, policy, prompts, rollout_key)
         rollout_time = time.perf_counter() - t0
         records = _records(data)
         rows = len(records) * group
@@ -442,18 +507,21 @@ class Trainer:
             pixels = np.asarray(data["pixel_values"])
             batch["pixel_values"] = np.repeat(pixels, group, axis=0)
             shared["vision_plan"] = self._plan(grid, micro)
-        part2 = None
-        if self.train.train_pass2:
+        update_tokens = int(np.sum(batch["attention_mask"]))
+        batch = self._device_batch(batch)
+        part2 = part2_device = None
+        if self.train.train_pass2:  # host arrays (add_pass2 reorders them), and their device copy
             part2 = batches.grpo_pass2(result.pass2_input_ids, result.pass2_attention_mask, result.pass2.tokens,
                                        result.pass2.lengths, result.has_caption, self.eos_ids)
+            part2_device = self._device_batch(part2)
         if reference is not None:  # dispatched before waiting for the rewards: overlaps with the host work
             batch["ref_logps"] = step_fn.logprobs(reference, state.frozen, batch, shared)
             if part2 is not None:
-                part2["ref_logps"] = step_fn.logprobs(reference, state.frozen, part2)
+                part2["ref_logps"] = step_fn.logprobs(reference, state.frozen, part2_device)
         if grpo.num_iterations > 1:
             batch["old_logps"] = step_fn.logprobs(state.params, state.frozen, batch, shared)
             if part2 is not None:
-                part2["old_logps"] = step_fn.logprobs(state.params, state.frozen, part2)
+                part2["old_logps"] = step_fn.logprobs(state.params, state.frozen, part2_device)
 
         total, components = rewards_future.result()
         reward_time = time.perf_counter() - t1
@@ -462,6 +530,7 @@ class Trainer:
         if part2 is not None:
             part2["advantages"] = advantages
             batch = batches.add_pass2(batch, part2)
+        batch = self._device_batch(batch)
         metrics = None
         for iteration in range(grpo.num_iterations):
             state, metrics = step_fn(state, batch, self._dropout_key(jax.random.fold_in(update_key, iteration)),
@@ -491,12 +560,12 @@ class Trainer:
                 "parse_failures/pass2": int(np.sum(~np.isfinite(ratings2) | ~np.asarray(result.has_caption))),
                 "rollout_tokens_per_second": float(lengths1.sum() + lengths2.sum()) / max(rollout_time, 1e-9),
             })
-        metrics = jax.device_get(metrics)
+        metrics = distributed.fetch(metrics)
         record.update({k: float(v) for k, v in metrics.items()})
         record["compile_count/update"] = step_fn.compile_count
         record["compile_count/logprobs"] = _cache_size(step_fn._logprobs)
         record["compile_count/rollout"] = rollout_compile_count()
-        record["_update_tokens"] = int(np.sum(batch["attention_mask"])) * grpo.num_iterations
+        record["_update_tokens"] = update_tokens * grpo.num_iterations
         samples = self._samples(records, result, total, components)
         return state, record, samples
 
@@ -527,28 +596,44 @@ class Trainer:
         return str(path)
 
     def _evaluate(self, model, logger: MetricsLogger, step: int, name: str) -> dict[str, Any]:
+        """Greedy evaluation of the eval split with `jaxbiqa.eval.evaluate` into `eval/<name>/`.
+
+        Returns the record count, the metrics file and, per dataset, the image-conditioned
+        (`image`), caption-only (`caption`) and caption + think (`caption_think`) metrics; the
+        first dataset (by name) is also at the top level. With several processes each reads the
+        whole eval split and runs the same batches over the mesh; process 0's files are kept.
+        """
         config = self.config
-        batch_size = self.train.eval_batch_size or config.data.batch_size
-        rollout = Rollout.from_processor(greedy_rollout_config(config.rollout), self.processor,
-                                         model.config.text.vocab_size)
-        key = jax.random.key(config.seed)
-
-        def run(data):
-            prompts = batches.prompt_batch(lambda *a: rollout.prepare(model, *a), data)
-            with self._mesh():
-                return rollout(model, prompts, key)
-
-        eval_batches = make_pipeline(dataclasses.replace(config.data, batch_size=batch_size), "eval",
-                                     preprocess=self.preprocess)
+        processes = jax.process_count()
+        settings = EvalSettings(decoding="greedy", batch_size=(self.train.eval_batch_size or config.data.batch_size)
+                                * processes, max_examples=self.train.eval_max_examples)
+        data = dataclasses.replace(config.data, batch_size=settings.batch_size,
+                                   **({"shard_index": 0, "shard_count": 1} if processes > 1 else {}))
+        eval_batches = make_pipeline(data, "eval", preprocess=self.preprocess)
         start = time.perf_counter()
-        out = evaluate(run, eval_batches, batch_size, self.output_dir / EVAL_DIR / name / PREDICTIONS_FILE,
-                       self.train.eval_max_examples)
-        out["eval_time"] = time.perf_counter() - start
-        logger.write(step, "eval", {f"{name}/srcc": out["image"]["srcc"],
-                                    f"{name}/plcc": out["image"]["plcc"],
-                                    **({f"{name}/caption_srcc": out["caption"]["srcc"],
-                                        f"{name}/caption_plcc": out["caption"]["plcc"]} if "caption" in out else {}),
-                                    f"{name}/parse_failures": out["image"]["n_invalid"]})
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self._mesh())
+            folder = (self.output_dir / EVAL_DIR / name if self.main_process
+                      else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jaxbiqa-eval-"))))
+            result = evaluate(model, self.processor, eval_batches, folder, rollout=config.rollout, settings=settings)
+        datasets = {dataset: {label: entry["columns"][column] for label, column in EVAL_COLUMNS.items()
+                              if column in entry["columns"]} | {"gap": entry.get("gap")}
+                    for dataset, entry in result.metrics["datasets"].items()}
+        if not datasets:
+            raise ValueError(f"evaluation '{name}': no eval record has a target MOS")
+        out: dict[str, Any] = {"n": result.n, "metrics": str(self.output_dir / EVAL_DIR / name / METRICS_FILE),
+                               "predictions": str(self.output_dir / EVAL_DIR / name / PREDICTIONS_FILE),
+                               "eval_time": time.perf_counter() - start, "datasets": datasets,
+                               **next(iter(datasets.values()))}
+        scalars = {}
+        for dataset, entry in datasets.items():
+            prefix = name if len(datasets) == 1 else f"{name}/{dataset}"
+            for label, metrics in entry.items():
+                if label != "gap":
+                    stem = "" if label == "image" else f"{label}_"
+                    scalars |= {f"{prefix}/{stem}srcc": metrics["srcc"], f"{prefix}/{stem}plcc": metrics["plcc"]}
+            scalars[f"{prefix}/parse_failures"] = entry["image"]["n_invalid"]
+        logger.write(step, "eval", scalars)
         log.info("evaluation (%s): %d records, SRCC %.3f, PLCC %.3f", name, out["n"], out["image"]["srcc"] or 0,
                  out["image"]["plcc"] or 0)
         return out

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxbiqa.distributed import fetch
 from jaxbiqa.models.qwen2_5_vl.rope import text_positions
 from jaxbiqa.processing import left_pad
 from jaxbiqa.rollout.batch import PromptBatch
@@ -94,22 +95,22 @@ class Rollout:
 
     def __call__(self, model, prompts: PromptBatch, key: jax.Array) -> RolloutResult:
         if not self.config.two_pass:
-            first = jax.device_get(self.pass1(model, prompts, key))
+            first = fetch(self.pass1(model, prompts, key))
             return RolloutResult(first, completion_texts(first, self.decode), None, None, None, None, None)
         if self.config.fused:
             graphdef, state = nnx.split(model)
-            first, ids, mask, has_caption, second = jax.device_get(_two_pass_program(
+            first, ids, mask, has_caption, second = fetch(_two_pass_program(
                 graphdef, state, prompts, key, self.pass1.stops, self.pass2.stops, self.tables,
                 pass1=self.config.pass1, pass2=self.config.pass2, max_caption=self.max_caption))
             texts = completion_texts(first, self.decode)
         else:
             key1, key2 = jax.random.split(key)
-            first = jax.device_get(self.pass1(model, prompts, key1))
+            first = fetch(self.pass1(model, prompts, key1))
             texts = completion_texts(first, self.decode)
             rows, has_caption = caption_prompts(texts, self.render, self.encode, self.config.caption_until,
                                                 self.max_caption)
             text_only = self.pass2.prepare(model, *left_pad(rows, self.config.pass2.pad_token_id))
             ids, mask = text_only.input_ids, text_only.attention_mask
-            second = jax.device_get(self.pass2(model, text_only, key2))
+            second = fetch(self.pass2(model, text_only, key2))
         return RolloutResult(first, texts, np.asarray(has_caption), np.asarray(ids), np.asarray(mask), second,
                              completion_texts(second, self.decode))

@@ -4,7 +4,8 @@
 
 Every process starts the runtime from the JAXBIQA_* variables, feeds its own rows of a global
 batch, runs a sharded loss and gradient over all processes' devices and a cross-process psum,
-and saves what it sees to OUT_DIR/process_<i>.npz; only the main process writes report.json.
+gathers host rows (numbers and strings) and device arrays back to every process, and saves what
+it sees to OUT_DIR/process_<i>.npz; only the main process writes report.json.
 `compute` is also what the single-process test runs, on one process's 8 devices.
 """
 
@@ -68,6 +69,13 @@ def main(out: Path) -> None:
     results = compute(mesh, x, w)
     gathered = {k: multihost_utils.process_allgather(v, tiled=True) for k, v in results.items()}
 
+    # host rows of different sizes and string widths, in process order, on every process
+    host = distributed.gather_rows({"id": np.asarray(["p" * (me + 1)] * (me + 1)),
+                                    "value": np.arange(me + 1, dtype=np.float32) + 10 * me})
+    ended = distributed.gather_rows(None if me == 1 else {"id": np.asarray(["x"])})
+    fetched = distributed.fetch({"x": x, "loss": results["loss"]})  # sharded over both processes / replicated
+    placed = distributed.shard_batch({"x": x_full}, mesh)["x"]  # every process holds the whole batch
+
     # two slices' worth of processes: data across processes (DCN), fsdp x tensor within each
     hybrid = distributed.setup(RuntimeSection(mesh={"fsdp": -1, "tensor": 2}, dcn_mesh={"data": -1})).mesh
     owners = np.vectorize(lambda d: d.process_index)(hybrid.devices)
@@ -75,7 +83,10 @@ def main(out: Path) -> None:
     np.savez(out / f"process_{me}.npz", x=multihost_utils.process_allgather(x, tiled=True),
              rows=[rows.start, rows.stop],
              hybrid_owners=owners, hybrid_shape=list(hybrid.devices.shape), hybrid_axes=list(hybrid.axis_names),
-             process_count=jax.process_count(), device_count=jax.device_count(), **gathered)
+             process_count=jax.process_count(), device_count=jax.device_count(), **gathered,
+             host_id=host["id"], host_value=host["value"], ended=ended is None, fetched_x=fetched["x"],
+             fetched_loss=fetched["loss"], placed=multihost_utils.process_allgather(placed, tiled=True),
+             placed_spec=str(placed.sharding.spec))
     if distributed.is_main_process():
         (out / "report.json").write_text(json.dumps({"writer": me, "processes": jax.process_count()}))
     multihost_utils.sync_global_devices("done")

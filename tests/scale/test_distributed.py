@@ -64,6 +64,19 @@ def test_two_processes_see_one_global_batch_and_one_result(cluster_run):
     np.testing.assert_allclose(runs[0]["psum"], x_full.sum(0), rtol=1e-5)
 
 
+def test_host_rows_and_device_arrays_reach_every_process(cluster_run):
+    runs = [dict(np.load(cluster_run / f"process_{i}.npz")) for i in range(2)]
+    x_full, _ = inputs()
+    for r in runs:
+        assert r["host_id"].tolist() == ["p", "pp", "pp"]  # process 0's row, then process 1's two
+        np.testing.assert_array_equal(r["host_value"], [0, 10, 11])
+        assert bool(r["ended"])  # one process out of data: all see the end
+        np.testing.assert_array_equal(r["fetched_x"], x_full)
+        np.testing.assert_array_equal(r["fetched_loss"], runs[0]["loss"])
+        np.testing.assert_array_equal(r["placed"], x_full)
+        assert str(r["placed_spec"]) == str(jax.sharding.PartitionSpec(("data", "fsdp"), None))
+
+
 def test_only_the_main_process_writes_the_report(cluster_run):
     assert sorted(p.name for p in cluster_run.iterdir()) == ["process_0.npz", "process_1.npz", "report.json"]
     assert json.loads((cluster_run / "report.json").read_text()) == {"writer": 0, "processes": 2}
@@ -171,6 +184,24 @@ def test_runtime_section_from_config_values():
     assert section.mesh == {"data": 2, "fsdp": -1} and section.distributed == "on"
     with pytest.raises(ConfigError, match="runtime.mesh"):
         from_dict(RuntimeSection, {"mesh": '{"data": 2, "fsdp": -1, "tensor": -1}'}, where="runtime")
+
+
+def test_shard_batch_and_gather_on_one_process():
+    mesh = distributed.make_mesh(MESH)
+    full = {"ids": np.arange(24).reshape(8, 3), "positions": np.arange(3 * 2 * 5).reshape(3, 2, 5),
+            "kept": jax.numpy.ones(4)}
+    batch = distributed.shard_batch(full, mesh, row_axes={"positions": 1})
+    assert batch["ids"].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None)
+    # 2 rows do not divide data x fsdp = 4: only the axis that divides them is kept
+    assert batch["positions"].sharding.spec == jax.sharding.PartitionSpec(None, "data", None)
+    assert batch["kept"] is full["kept"]
+    for key in ("ids", "positions"):
+        np.testing.assert_array_equal(np.asarray(batch[key]), full[key])
+    assert distributed.gather_rows(None) is None
+    assert distributed.gather_rows({"a": full["ids"]})["a"] is full["ids"]  # one process: nothing to gather
+    assert distributed.allgather_objects({"x": 1}) == [{"x": 1}]
+    fetched = distributed.fetch({"ids": batch["ids"], "none": None})
+    assert isinstance(fetched["ids"], np.ndarray) and fetched["none"] is None
 
 
 def test_global_batch_on_one_process():

@@ -42,7 +42,7 @@ def lines(result: subprocess.CompletedProcess) -> list[list[str]]:
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_shellcheck_clean(script):
-    result = subprocess.run(["shellcheck", "--shell=bash", str(LAUNCH / script)], capture_output=True, text=True)
+    result = subprocess.run(["shellcheck", "--shell=bash", "--external-sources", str(LAUNCH / script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 
