@@ -27,19 +27,19 @@ from common import GRID, median_seconds, special_tokens, torch_vl_model
 from jaxbiqa.models.qwen2_5_vl import from_pretrained
 from jaxbiqa.rollout import Sampler, SamplingConfig
 
-VOCAB = 32000
-IMAGE, VISION_START, VISION_END, PAD = special_tokens(VOCAB)
 TOP_K = 50
 
 
-def prompts(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def prompts(batch: int, vocab: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """`batch` left-padded prompts (10-70 text tokens around one image each), pixels and grids."""
     rng = np.random.default_rng(seed)
-    image = [VISION_START] + [IMAGE] * (int(np.prod(GRID)) // 4) + [VISION_END]
-    rows = [rng.integers(0, 30000, int(n)).tolist() + image + rng.integers(0, 30000, 10).tolist()
+    special = special_tokens(vocab)
+    image = [special.vision_start] + [special.image] * (int(np.prod(GRID)) // 4) + [special.vision_end]
+    text = min(special) - 1  # text tokens are drawn below the special ids
+    rows = [rng.integers(0, text, int(n)).tolist() + image + rng.integers(0, text, 10).tolist()
             for n in rng.integers(0, 60, batch)]
     width = max(map(len, rows))
-    ids = np.full((batch, width), PAD, np.int64)
+    ids = np.full((batch, width), special.pad, np.int64)
     mask = np.zeros((batch, width), np.int64)
     for i, row in enumerate(rows):
         ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
@@ -54,32 +54,36 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4, help="G, samples per prompt")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each")
+    parser.add_argument("--vocab", type=int, default=32000,
+                        help="vocabulary size: on CPU the output projection dominates a decode step of a model "
+                             "this small, so the vocabulary sets how much the loop's overhead matters")
     args = parser.parse_args()
     b, g, n = args.batch, args.samples, args.new_tokens
+    special = special_tokens(args.vocab)
 
-    reference = torch_vl_model(VOCAB)
-    ids, mask, pixels, grids = prompts(b)
+    reference = torch_vl_model(args.vocab)
+    ids, mask, pixels, grids = prompts(b, args.vocab)
     with tempfile.TemporaryDirectory() as directory:
         reference.save_pretrained(directory)
         model = from_pretrained(directory)
     params = sum(p.numel() for p in reference.parameters())
     tokens = b * g * n
-    print(f"config: {params / 1e6:.1f}M parameters, {b} prompts of {ids.shape[1]} tokens (padded) with a "
+    print(f"config: {params / 1e6:.1f}M parameters (vocabulary {args.vocab}), {b} prompts of {ids.shape[1]} tokens (padded) with a "
           f"{GRID[1]}x{GRID[2]}-patch image each, G={g}, {n} new tokens, top-k {TOP_K}; "
           f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")
 
     torch_inputs = dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
                         pixel_values=torch.tensor(pixels), image_grid_thw=torch.tensor(grids),
-                        mm_token_type_ids=torch.tensor((ids == IMAGE).astype(np.int64)))
+                        mm_token_type_ids=torch.tensor((ids == special.image).astype(np.int64)))
 
     def torch_generate():
         with torch.inference_mode():
             out = reference.generate(**torch_inputs, do_sample=True, top_k=TOP_K, num_return_sequences=g,
-                                     max_new_tokens=n, pad_token_id=PAD)
+                                     max_new_tokens=n, pad_token_id=special.pad)
         assert out.shape == (b * g, ids.shape[1] + n)
 
-    config = SamplingConfig(max_new_tokens=n, num_samples=g, top_k=TOP_K, eos_token_ids=(), pad_token_id=PAD)
+    config = SamplingConfig(max_new_tokens=n, num_samples=g, top_k=TOP_K, eos_token_ids=(), pad_token_id=special.pad)
     shared = Sampler(config)
     batch = shared.prepare(model, ids, mask, pixels, grids)
     repeated = Sampler(config.replace(num_samples=1))
