@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch_models import torch_reference  # noqa: F401  (re-exported for the model tests)
+
 # Token ids for the tiny vocabulary; the special ids sit at the top like in the real one.
 VOCAB = 512
 VISION_START, VISION_END, IMAGE_TOKEN, VIDEO_TOKEN = 496, 497, 498, 499
@@ -41,29 +43,6 @@ def tiny_hf_config(**overrides: Any):
                vision_end_token_id=VISION_END, tie_word_embeddings=False)
     top.update(overrides)
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **top)
-
-
-def torch_reference(config, seed: int = 0, scale: float = 0.1):
-    """`Qwen2_5_VLForConditionalGeneration` in float32 eval mode with eager attention.
-
-    Weights are redrawn from N(0, scale^2) (norm scales from 1 + N(0, scale^2)) so that the
-    activations are far from the near-uniform logits of the default 0.02 init and a wrong
-    implementation shows up as a large difference.
-    """
-    import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    config._attn_implementation = "eager"
-    config.text_config._attn_implementation = "eager"
-    config.vision_config._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen) * scale
-            p.copy_(1.0 + noise if "norm" in name or "ln_q" in name else noise)
-    return model
 
 
 def _torch_key(path: tuple) -> tuple[str, str]:

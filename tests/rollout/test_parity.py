@@ -4,6 +4,7 @@ Qwen2.5-VL (weights exported by torch, loaded by jaxbiqa), with images, left pad
 import numpy as np
 import pytest
 from rollout_helpers import EOS, HF_CONFIG, IMAGE_TOKEN, PAD, image_prompts
+from torch_models import torch_reference
 
 from jaxbiqa.models.qwen2_5_vl import from_pretrained
 from jaxbiqa.rollout import generate
@@ -15,19 +16,9 @@ NEW_TOKENS = 32
 
 
 def torch_model(seed: int = 0, scale: float = 0.15):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLConfig
 
-    config = Qwen2_5_VLConfig(**HF_CONFIG)
-    for c in (config, config.text_config, config.vision_config):
-        c._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=generator) * scale
-            p.copy_(1.0 + noise if "norm" in name or "ln_q" in name else noise)
-    return model
+    return torch_reference(Qwen2_5_VLConfig(**HF_CONFIG), seed, scale)
 
 
 def test_greedy_tokens_equal_transformers_generate(tmp_path):
