@@ -17,8 +17,8 @@
 #   launch/gpu_node.sh --gpus 8 -- jaxbiqa train --config humaniqa
 set -euo pipefail
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit "${1:-2}"; }
-die() { echo "gpu_node.sh: $*" >&2; exit 2; }
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 gpus="" cache_dir="$HOME/.cache/jaxbiqa/jax" mem_fraction=0.95 dry_run=0
 while (($#)); do
@@ -36,8 +36,6 @@ done
 [[ -z "$gpus" || "$gpus" =~ ^[1-9][0-9]*$ ]] || die "--gpus must be a positive integer, got '$gpus'"
 [[ "$mem_fraction" =~ ^(0?\.[0-9]+|1(\.0*)?)$ ]] || die "--mem-fraction must be in (0, 1], got '$mem_fraction'"
 
-# shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 vars=("XLA_PYTHON_CLIENT_MEM_FRACTION=$mem_fraction" "JAX_COMPILATION_CACHE_DIR=$cache_dir")
 [[ -z "$gpus" ]] || vars=("CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((gpus - 1)))" "${vars[@]}")

@@ -14,7 +14,8 @@
 #   launch/local_cluster.sh -n 2 -d 4 -- jaxbiqa train --config demo_cpu
 set -euo pipefail
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit "${1:-2}"; }
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 processes=2
 devices=4
@@ -55,8 +56,6 @@ process_env() {  # the environment of process $1, as NAME=value words
     "JAXBIQA_PROCESS_ID=$1" "JAX_PLATFORMS=cpu" "XLA_FLAGS=$xla_flags"
 }
 
-# shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if ((dry_run)); then
   for ((i = 0; i < processes; i++)); do

@@ -29,8 +29,8 @@
 #       jaxbiqa train --config humaniqa --set output_dir=gs://BUCKET/humaniqa
 set -euo pipefail
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit "${1:-2}"; }
-die() { echo "tpu_pod.sh: $*" >&2; exit 2; }
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 name="" zone="" type="" project="" version="" queued=0 slices=1 spot=0
 src="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)" pip_spec="" skip_setup=0
@@ -70,8 +70,6 @@ if [[ -z "$version" ]]; then
   esac
 fi
 
-# shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 run() { if ((dry_run)); then quote "$@"; else "$@"; fi; }
 
 where=(--zone="$zone")
