@@ -30,6 +30,7 @@ from jaxbiqa.config import ConfigError
 from jaxbiqa.data.records import BadRecordError
 from jaxbiqa.eval.eval_cmd import (CheckpointError, add_checkpoint_arguments, add_decoding_arguments, load_policy,
                                    settings_from_args)
+from jaxbiqa.eval.predictions import json_safe
 
 DEMO_RUN = Path("runs") / "demo"  # `jaxbiqa demo`'s output directory
 
@@ -76,8 +77,7 @@ def score_images(model, processor, images: Sequence[np.ndarray], names: Sequence
                                         ("caption_think_rating", out.reasoning_texts, out.has_reasoning)):
                     entry[key] = parse_rating(texts[i], strict=settings.strict_parse) if has[i] else math.nan
             entry["completion"] = text
-            entries.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                            for k, v in entry.items()})
+            entries.append(json_safe(entry))
     return entries
 
 
