@@ -61,7 +61,7 @@ class DecodeSpec:
 class Prefilled(NamedTuple):
     """Decode start state for R = B * G rows."""
 
-    cache: KVCache  # [layers, R, bucket + max_new_tokens, kv_heads, head_dim]
+    cache: KVCache  # [layers, R, kv_heads, bucket + max_new_tokens, head_dim]
     logits: jax.Array  # [R, vocab] float32: the next-token logits after the prompt
     next_position: jax.Array  # [R] int32: M-RoPE position of the first generated token
 

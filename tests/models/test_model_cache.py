@@ -71,7 +71,7 @@ def test_cache_shapes_and_dtype():
     config = tiny_config()
     cache = init_cache(config, batch=3, max_len=16, dtype="bfloat16")
     t = config.text
-    assert cache.k.shape == cache.v.shape == (t.num_hidden_layers, 3, 16, t.num_key_value_heads, t.head_dim)
+    assert cache.k.shape == cache.v.shape == (t.num_hidden_layers, 3, t.num_key_value_heads, 16, t.head_dim)
     assert cache.k.dtype == jnp.bfloat16 and cache.mask.shape == (3, 16) and int(cache.index) == 0
     # a pytree of arrays only: it can be repeated for group sampling without Python state
     repeated = jax.tree.map(lambda x: x, cache)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from jaxbiqa.rollout.logits import sample_tokens, token_logprob
+from jaxbiqa.rollout.logits import sample_tokens, token_logprob, top_k_tokens
 
 sample = jax.jit(sample_tokens, static_argnames=("greedy", "temperature", "top_k", "top_p"))
 LOGITS = np.array([2.0, 1.6, 1.1, 0.7, 0.2, -0.4, -1.5], np.float32)
@@ -84,3 +84,17 @@ def test_token_logprob_is_the_raw_log_softmax():
     expected = logits[np.arange(4), tokens] - np.log(np.exp(logits).sum(-1))
     np.testing.assert_allclose(np.asarray(token_logprob(jnp.asarray(logits), jnp.asarray(tokens))), expected,
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("vocab, k", [(32000, 50), (5003, 7), (1000, 50), (300, 50)])
+def test_top_k_tokens_equal_lax_top_k_ties_included(vocab, k):
+    rng = np.random.default_rng(vocab)
+    smooth = rng.standard_normal((4, vocab)).astype(np.float32)
+    tied = rng.integers(-3, 3, (4, vocab)).astype(np.float32)  # every value shared by many ids
+    tied[1, : vocab // 2] = -np.inf
+    tied[2] = 0.0
+    logits = jnp.asarray(np.concatenate([smooth, tied]))
+    values, ids = jax.jit(top_k_tokens, static_argnums=1)(logits, k)
+    want_values, want_ids = jax.lax.top_k(logits, k)
+    np.testing.assert_array_equal(np.asarray(ids), np.asarray(want_ids))
+    np.testing.assert_array_equal(np.asarray(values), np.asarray(want_values))

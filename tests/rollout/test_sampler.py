@@ -104,7 +104,7 @@ def test_group_sampling_shares_one_prefill(model, inputs, greedy):
     prompts = shared.prepare(model, *inputs)
     prefilled = shared.prefill(model, prompts)
     single = Sampler(config(**SAMPLED)).prefill(model, prompts)
-    assert prefilled.cache.k.shape[1:3] == (6, BUCKETS[0] + N)
+    assert (prefilled.cache.k.shape[1], prefilled.cache.k.shape[3]) == (6, BUCKETS[0] + N)
     np.testing.assert_array_equal(np.asarray(prefilled.logits), np.repeat(np.asarray(single.logits), 2, 0))
     np.testing.assert_array_equal(np.asarray(prefilled.cache.k), np.repeat(np.asarray(single.cache.k), 2, 1))
     tokens = np.asarray(shared.decode(model, prefilled, jax.random.key(1)).tokens)
@@ -169,7 +169,7 @@ def test_bfloat16_cache_and_no_full_logits(model, text_inputs):
     hlo = _prefill_program.lower(graphdef, state, prompts, N, 1, "bfloat16").as_text()
     assert f"{b}x{t}x{vocab}xf32" not in hlo, "prefill builds [B, T, vocab] logits"
     prefilled = sampler.prefill(model, prompts)
-    assert prefilled.cache.k.dtype == jnp.bfloat16 and prefilled.cache.k.shape[2] == t + N
+    assert prefilled.cache.k.dtype == jnp.bfloat16 and prefilled.cache.k.shape[3] == t + N
     assert prefilled.logits.shape == (b, vocab)
     out = sampler.decode(model, prefilled, jax.random.key(0))
     assert np.isfinite(np.asarray(out.logprobs)).all() and (np.asarray(out.lengths) == N).all()

@@ -4,7 +4,9 @@ One code path serves training (no cache), prefill (many tokens into the cache) a
 token). Prompts are left padded, so every row of a batch writes the same cache slots
 `[index, index + T)`; a query at slot s sees the valid keys at slots <= s. The cache is a plain
 pytree of arrays (no Python state), so it can be donated, repeated for group sampling and carried
-through `lax.while_loop`.
+through `lax.while_loop`. It is stored heads-major (`[layers, batch, kv_heads, slots, head_dim]`,
+the layout the attention contractions read) and each layer writes its new entries straight into
+the stacked arrays, so a decode step updates the cache in place and never copies or transposes it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ embedding_init = nnx.initializers.normal(0.02)  # transformers' initializer_rang
 class KVCache(NamedTuple):
     """Keys and values of every layer for a batch, `max_len` slots long.
 
-    k, v: `[layers, batch, max_len, kv_heads, head_dim]`; mask: `[batch, max_len]`, True where a
+    k, v: `[layers, batch, kv_heads, max_len, head_dim]`; mask: `[batch, max_len]`, True where a
     slot holds a real (non-padding) token; index: int32 scalar, the next slot to write.
     """
 
@@ -38,20 +40,43 @@ class KVCache(NamedTuple):
 
 
 # logical axis names of the cache leaves, for jaxbiqa.sharding (e.g. out_shardings of a jitted prefill)
-CACHE_AXES = KVCache(k=("layers", "batch", "cache_length", "kv_heads", "head_dim"),
-                     v=("layers", "batch", "cache_length", "kv_heads", "head_dim"),
+CACHE_AXES = KVCache(k=("layers", "batch", "kv_heads", "cache_length", "head_dim"),
+                     v=("layers", "batch", "kv_heads", "cache_length", "head_dim"),
                      mask=("batch", "cache_length"), index=())
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype: str | jnp.dtype | None = None) -> KVCache:
     """An empty cache; `dtype` defaults to the model's compute dtype (bf16 halves the cache)."""
     t = config.text
-    shape = (t.num_hidden_layers, batch, max_len, t.num_key_value_heads, t.head_dim)
+    shape = (t.num_hidden_layers, batch, t.num_key_value_heads, max_len, t.head_dim)
     dtype = jnp.dtype(dtype or config.dtype)
     return KVCache(k=constrain(jnp.zeros(shape, dtype), CACHE_AXES.k),
                    v=constrain(jnp.zeros(shape, dtype), CACHE_AXES.v),
                    mask=constrain(jnp.zeros((batch, max_len), bool), CACHE_AXES.mask),
                    index=jnp.zeros((), jnp.int32))
+
+
+# what jax.nn.dot_product_attention puts at masked float32 logits (finite: a row with every key
+# masked, a padding query, gets uniform weights instead of NaN)
+_MASKED_LOGIT = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention of `q [B, T, heads, head_dim]` over heads-major keys and values
+    `k, v [B, kv_heads, S, head_dim]` (a layer's cache, or the tokens' own), `mask [B, 1, T, S]`;
+    returns `[B, T, heads, head_dim]`.
+
+    The arithmetic of `jax.nn.dot_product_attention` (float32 logits and softmax, probabilities in
+    the value dtype), with each key/value head contracted against its query group where it lies."""
+    b, t, heads, d = q.shape
+    # [B, kv_heads, groups, T, head_dim]: both contractions are then plain batched matmuls
+    # (XLA's CPU backend runs other operand orders far slower)
+    q = jnp.moveaxis(q.reshape(b, t, k.shape[1], heads // k.shape[1], d), 1, 3)
+    logits = jnp.einsum("bkgtd,bksd->bkgts", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+    logits = jnp.where(mask[:, :, None], logits * jnp.float32(d ** -0.5), _MASKED_LOGIT)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v)
+    return jnp.moveaxis(out, 3, 1).reshape(b, t, heads, d).astype(q.dtype)
 
 
 def _rms_norm(size: int, eps: float, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.RMSNorm:
@@ -83,10 +108,11 @@ class Attention(nnx.Module):
         self.o_proj = linear("o_proj", q, e, ("heads", "embed"), False)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
-                 kv: tuple[jax.Array, jax.Array] | None, index: jax.Array | None,
+                 kv: tuple[jax.Array, jax.Array] | None, layer: int | jax.Array, index: jax.Array | None,
                  keys: list[jax.Array | None]) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-        """Attention output, and with a cache `kv` (this layer's `[B, S, kv_heads, head_dim]` keys and
-        values) the new tokens' keys and values `[B, T, kv_heads, head_dim]` to be written at `index`."""
+        """Attention output, and with a cache `kv` (every layer's keys and values, `KVCache.k/v`) that
+        cache with this `layer`'s new entries written at slot `index`; attention then runs over the
+        layer's cache slots."""
         b, t, _ = x.shape
         q = self.q_proj(x, keys[0]).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x, keys[1]).reshape(b, t, self.num_kv_heads, self.head_dim)
@@ -94,12 +120,13 @@ class Attention(nnx.Module):
         q = constrain(apply_rotary(q, cos, sin), ("batch", "length", "heads", "head_dim"))
         k = constrain(apply_rotary(k, cos, sin), ("batch", "length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
-        if kv is not None:  # attend over this layer's cache with the new entries written in
-            cache_k, cache_v = kv
-            kv = (k.astype(cache_k.dtype), v.astype(cache_v.dtype))
-            k = jax.lax.dynamic_update_slice(cache_k, kv[0], (0, index, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache_v, kv[1], (0, index, 0, 0))
-        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # heads-major, as the cache
+        if kv is not None:
+            start = (layer, 0, 0, index, 0)
+            kv = tuple(jax.lax.dynamic_update_slice(cache, new[None].astype(cache.dtype), start)
+                       for cache, new in zip(kv, (k, v)))
+            k, v = (jax.lax.dynamic_index_in_dim(cache, layer, keepdims=False) for cache in kv)
+        out = grouped_attention(q, k, v, mask)
         out = constrain(out, ("batch", "length", "heads", "head_dim"))
         return self.o_proj(out.reshape(b, t, -1), keys[3]), kv
 
@@ -128,17 +155,16 @@ class DecoderLayer(nnx.Module):
         self.input_layernorm = _rms_norm(config.hidden_size, config.rms_norm_eps, **kw)
         self.post_attention_layernorm = _rms_norm(config.hidden_size, config.rms_norm_eps, **kw)
 
-    def __call__(self, h, cos, sin, mask, kv, index, key):
+    def __call__(self, h, cos, sin, mask, kv, layer, index, key):
         keys = _split_keys(key, 7)
-        attn, kv = self.self_attn(self.input_layernorm(h), cos, sin, mask, kv, index, keys[:4])
+        attn, kv = self.self_attn(self.input_layernorm(h), cos, sin, mask, kv, layer, index, keys[:4])
         h = h + attn
         h = h + self.mlp(self.post_attention_layernorm(h), keys[4:])
         return constrain(h, ("batch", "length", "embed")), kv
 
 
-def _layer_step(layer: DecoderLayer, h, cos, sin, mask, k, v, index, key):
-    h, kv = layer(h, cos, sin, mask, None if k is None else (k, v), index, key)
-    return h, (None, None) if kv is None else kv
+def _layer_step(layer: DecoderLayer, h, cos, sin, mask, kv, layer_id, index, key):
+    return layer(h, cos, sin, mask, kv, layer_id, index, key)
 
 
 _layer_step_remat = nnx.remat(_layer_step)
@@ -205,31 +231,22 @@ class TextModel(nnx.Module):
         step = _layer_step_remat if self.remat else _layer_step
         n = cfg.num_hidden_layers
         keys = None if dropout_key is None else jax.random.split(dropout_key, n)
-        ck, cv = (None, None) if cache is None else (cache.k, cache.v)
+        kv = None if cache is None else (cache.k, cache.v)
         if self.scan_layers:
-            @nnx.scan(in_axes=(0, nnx.Carry, None, None, None, 0, 0, None, 0), out_axes=(nnx.Carry, 0))
-            def run(layer, h, cos, sin, mask, k, v, index, key):
-                h, kv = step(layer, h, cos, sin, mask, k, v, index, key)
-                return h, kv
+            @nnx.scan(in_axes=(0, nnx.Carry, None, None, None, 0, None, 0), out_axes=nnx.Carry)
+            def run(layer, carry, cos, sin, mask, layer_id, index, key):
+                h, kv = carry
+                return step(layer, h, cos, sin, mask, kv, layer_id, index, key)
 
-            h, (new_k, new_v) = run(self.layers, h, cos, sin, mask, ck, cv, index, keys)
+            h, kv = run(self.layers, (h, kv), cos, sin, mask, jnp.arange(n), index, keys)
         else:
-            new_k, new_v = [], []
             for i, layer in enumerate(self.layers):
-                h, (k, v) = step(layer, h, cos, sin, mask, None if ck is None else ck[i],
-                                 None if cv is None else cv[i], index, None if keys is None else keys[i])
-                new_k.append(k)
-                new_v.append(v)
-            new_k, new_v = (None, None) if cache is None else (jnp.stack(new_k), jnp.stack(new_v))
+                h, kv = step(layer, h, cos, sin, mask, kv, i, index, None if keys is None else keys[i])
         h = self.norm(h)
         if cache is None:
             return h, None
-        # only the new tokens' entries are written, in place into the stacked cache
-        start = (0, 0, index, 0, 0)
-        new_cache = KVCache(k=constrain(jax.lax.dynamic_update_slice(cache.k, new_k, start), CACHE_AXES.k),
-                            v=constrain(jax.lax.dynamic_update_slice(cache.v, new_v, start), CACHE_AXES.v),
-                            mask=key_valid, index=index + t)
-        return h, new_cache
+        return h, KVCache(k=constrain(kv[0], CACHE_AXES.k), v=constrain(kv[1], CACHE_AXES.v), mask=key_valid,
+                          index=index + t)
 
 
 def repeat_cache(cache: KVCache, n: int) -> KVCache:
