@@ -14,9 +14,8 @@ warm start then the method's two-pass GRPO, on a laptop CPU (2 cores) in about t
   self-consistency + reasoning), beta 1e-3, AdamW 1e-4 (linear decay), vision tower frozen;
 * evaluation: greedy, image- and caption-conditioned, on the test split after each stage.
 
-Measured on 2 CPU cores: 4 min 30 s from nothing (warm start 146 s, GRPO 90 s); held-out SRCC /
-PLCC 0.13 / 0.18 image-conditioned and 0.09 / 0.16 caption-conditioned (-0.00 / 0.02 after the
-warm start). The demo's 0.75 target is NOT met: the vision tower trained from scratch fits the 12
+Measured on 2 CPU cores: 4 min 30 s from nothing (training 243 s); held-out SRCC / PLCC 0.07 /
+0.09 image-conditioned and 0.07 / 0.08 caption-conditioned (0.05 / 0.07 after the warm start). The demo's 0.75 target is NOT met: the vision tower trained from scratch fits the 12
 training photos but does not transfer to the 4 unseen test photos (the same tower trained as a
 plain regressor: train SRCC 0.97, test 0.03; gradient boosting on hand-made sharpness, noise and
 colour features: test 0.42).
