@@ -1,4 +1,4 @@
-"""Decoder options that must not change the numbers: scanned layers, remat, dtype policy."""
+"""Decoder options that must not change the numbers (scanned layers, remat, dtype policy), and its attention."""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +8,7 @@ from conftest import random_model, tiny_config
 from flax import nnx
 
 from jaxbiqa.models.qwen2_5_vl import text_positions
+from jaxbiqa.models.qwen2_5_vl.text import grouped_attention
 
 
 def _inputs(seed=0, batch=2, length=9):
@@ -87,3 +88,21 @@ def test_bfloat16_compute_follows_float32(param_dtype):
     valid = np.asarray(args[2]).astype(bool)
     diff = np.abs(np.asarray(out16.logits) - np.asarray(out32.logits))[valid]
     assert diff.max() < 0.1 * np.abs(np.asarray(out32.logits)).max()
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_grouped_attention_equals_dot_product_attention(groups):
+    """The decoder's attention over heads-major keys/values is `jax.nn.dot_product_attention` over
+    the usual layout, padded query rows (every key masked) included: finite, uniform weights."""
+    rng = np.random.default_rng(groups)
+    b, t, s, kv, d = 3, 5, 7, 2, 8
+    q = jnp.asarray(rng.standard_normal((b, t, kv * groups, d)), jnp.float32)
+    k, v = (jnp.asarray(rng.standard_normal((b, s, kv, d)), jnp.float32) for _ in range(2))
+    mask = rng.random((b, 1, t, s)) < 0.6
+    mask[1, 0, 2] = False  # a query that sees no key
+    mask = jnp.asarray(mask)
+    got = grouped_attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask)
+    want = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    assert np.isfinite(np.asarray(got)).all()
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(got[1, 2]), np.asarray(jnp.mean(v[1], axis=0)).repeat(groups, 0), atol=1e-6)
