@@ -85,7 +85,7 @@ from jaxbiqa.rl.references import reference_completion
 from jaxbiqa.rl.step import ROW_AXIS, TrainState, TrainStep, grpo_loss
 from jaxbiqa.rl.train_options import TrainSection
 from jaxbiqa.rollout import Rollout
-from jaxbiqa.rollout.batch import PromptBatch, pick_bucket
+from jaxbiqa.rollout.batch import pick_bucket
 from jaxbiqa.sft.loss import sft_loss
 from jaxbiqa.sharding import DEFAULT_RULES, LogicalRules
 
@@ -232,11 +232,6 @@ class Trainer:
         if self.mesh is None:
             return dict(batch)
         return distributed.shard_batch(batch, self.mesh, ROW_AXIS, self.rules)
-
-    def _rollout(self, rollout: Rollout, policy, prompts: PromptBatch, key: jax.Array):
-        """`rollout(policy, prompts, key)` under the mesh, every row's result on every process."""
-        with self._mesh():
-            return rollout(policy, prompts, key)
 
     def _plan(self, grid: np.ndarray, images: int):
         """The vision plan of `images` images of one size (the micro-batch's share, cached)."""
@@ -479,7 +474,8 @@ class Trainer:
         policy = step_fn.model(state)
         prompts = batches.prompt_batch(lambda *a: self.rollout.prepare(policy, *a), data)
         t0 = time.perf_counter()
-        result = self._rollout(self.rollout, policy, prompts, rollout_key)
+        with self._mesh():  # every row's result comes back to every process
+            result = self.rollout(policy, prompts, rollout_key)
         rollout_time = time.perf_counter() - t0
         records = _records(data)
         rows = len(records) * group

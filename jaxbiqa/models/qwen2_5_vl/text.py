@@ -163,11 +163,7 @@ class DecoderLayer(nnx.Module):
         return constrain(h, ("batch", "length", "embed")), kv
 
 
-def _layer_step(layer: DecoderLayer, h, cos, sin, mask, kv, layer_id, index, key):
-    return layer(h, cos, sin, mask, kv, layer_id, index, key)
-
-
-_layer_step_remat = nnx.remat(_layer_step)
+_remat_layer = nnx.remat(DecoderLayer.__call__)
 
 
 class TextModel(nnx.Module):
@@ -228,7 +224,7 @@ class TextModel(nnx.Module):
         mask = (key_slots[None, :] <= query_slots[:, None])[None] & key_valid[:, None, :]
         mask = mask[:, None]  # [B, 1, T, S], broadcast over heads
 
-        step = _layer_step_remat if self.remat else _layer_step
+        step = _remat_layer if self.remat else DecoderLayer.__call__
         n = cfg.num_hidden_layers
         keys = None if dropout_key is None else jax.random.split(dropout_key, n)
         kv = None if cache is None else (cache.k, cache.v)
