@@ -1,5 +1,6 @@
-"""Images per second through jaxbiqa's grain pipeline: read + decode + resize to the fixed pixel
-budget + the Qwen image processor and pass-1 prompt tokens, with 0 and 2 worker processes.
+"""Images per second through jaxbiqa's grain pipeline: read + decode + resize to the pixel budget
+at each image's own proportions + the Qwen image processor and pass-1 prompt tokens, with 0 and 2
+worker processes.
 
   python benchmarks/pipeline.py [--data SPEC] [--workers 0 2] [--batches 20] [--no-processor]
 
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 from jaxbiqa.data.options import DataSection
-from jaxbiqa.data.pipeline import Pass1Preprocess, image_size, make_pipeline
+from jaxbiqa.data.pipeline import Pass1Preprocess, make_pipeline
 
 
 def processor(max_pixels: int, min_pixels: int, folder: Path):
@@ -29,14 +30,16 @@ def processor(max_pixels: int, min_pixels: int, folder: Path):
 def measure(data: DataSection, batches: int, preprocess) -> dict:
     start = time.perf_counter()
     iterator = iter(make_pipeline(data, "train", preprocess=preprocess))
-    next(iterator)
+    batch = next(iterator)
     first = time.perf_counter() - start
+    # (height, width) of the first batch's images: from the pixels, or from the patch grid (14 px)
+    size = batch["image"].shape[1:3] if "image" in batch else [14 * int(v) for v in batch["image_grid_thw"][0][1:]]
     start = time.perf_counter()
     for _ in range(batches):
         next(iterator)
     elapsed = time.perf_counter() - start
-    return {"workers": data.num_workers, "images_per_s": round(batches * data.batch_size / elapsed, 1),
-            "first_batch_s": round(first, 2), "batch_size": data.batch_size, "image_size": image_size(data),
+    return {"workers": data.num_workers, "images_per_s": round(batches * data.global_batch_size / elapsed, 1),
+            "first_batch_s": round(first, 2), "batch_size": data.global_batch_size, "image_size": list(size),
             "processor": preprocess is not None}
 
 
@@ -58,7 +61,7 @@ def main() -> None:
             folder = Path(tmp) / "synthetic"
             write_synthetic(folder, SynthSpec(crops_per_photo=2, crop_size=384, types_per_crop=1))
             spec = f"synthetic:{folder}"
-        data = DataSection(train=(spec,), train_split="", batch_size=args.batch_size, max_pixels=args.max_pixels,
+        data = DataSection(train=(spec,), train_split="", global_batch_size=args.batch_size, max_pixels=args.max_pixels,
                            num_epochs=None, shard_index=0, shard_count=1)
         preprocess = None if args.no_processor else Pass1Preprocess(
             processor(data.max_pixels, data.min_pixels, Path(tmp) / "tokenizer"))

@@ -39,7 +39,7 @@ def get_config() -> Config:
         model=ModelSection(path="demo:data/demo_model", param_dtype="float32", dtype="float32", remat=False,
                            scan_layers=False),
         data=DataSection(train=("synthetic:data/synthetic_demo",), eval=("synthetic:data/synthetic_demo",),
-                         max_pixels=SIDE * SIDE, min_pixels=SIDE * SIDE, aspect=1.0, batch_size=16, num_epochs=1,
+                         max_pixels=SIDE * SIDE, min_pixels=SIDE * SIDE, global_batch_size=16, num_epochs=1,
                          synthetic_crop_size=SIDE, synthetic_crops_per_photo=4, synthetic_types_per_crop=3,
                          read_threads=2, prefetch_buffer_size=32),
         rollout=RolloutConfig(

@@ -8,6 +8,8 @@ save every K steps). One checkpoint holds the items
 * `meta`: the step, the RNG key (its raw bits and implementation) and the number of processes (JSON);
 * `config`: the resolved config (JSON);
 * `data`: a grain iterator's position (when an iterator is given), one file per process.
+Beside the steps, `save_item` writes a pytree once per run under `<directory>/<name>` (e.g. the
+GRPO reference policy, `jaxbiqa.rl.trainer`), outside the rotation of `max_to_keep`.
 With several processes every process calls `save` and `restore` (orbax writes and reads each
 array's shards collectively; process 0 writes the JSON items). The arrays restore on any mesh
 and any number of processes; a data position only with the number of processes that saved it.
@@ -157,6 +159,30 @@ class Checkpointer:
         if self.latest_step() is None:
             return None
         return self.restore(target, data_iterator=data_iterator)
+
+    def save_item(self, name: str, tree: Any) -> None:
+        """Save the pytree `tree` as `<directory>/<name>`, beside the step checkpoints and never
+        deleted by their rotation: for state written once per run rather than every step.
+
+        Synchronous (on disk when this returns) and atomic (written to a temporary folder that is
+        renamed when complete), replacing an earlier item of that name. Every process calls it
+        (each array's shards are written collectively). `name` must not be a step number.
+        """
+        if name.isdigit():
+            raise ValueError(f"item name {name!r} would read as a step")
+        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+            checkpointer.save(self.directory / name, args=ocp.args.StandardSave(tree), force=True)
+
+    def has_item(self, name: str) -> bool:
+        """Whether `save_item(name, ...)` completed in this directory."""
+        return (self.directory / name).is_dir()
+
+    def restore_item(self, name: str, target: Any) -> Any:
+        """The pytree `save_item(name, ...)` wrote, restored into `target` (see `restore_target`)."""
+        if not self.has_item(name):
+            raise FileNotFoundError(f"no item {name!r} in {self.directory}")
+        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+            return checkpointer.restore(self.directory / name, args=ocp.args.StandardRestore(target))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

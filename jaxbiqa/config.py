@@ -37,15 +37,23 @@ class ModelSection:
     # a Hugging Face checkpoint folder (config.json + safetensors), or a config.json alone for a random init
     path: str = ""
     tokenizer: str = ""  # a tokenizer folder; "" means the one in `path`
-    # float32 master weights: with bf16 parameters (and so bf16 AdamW moments) a 1e-6 update is lost
+    # Mixed precision as DeepSpeed's --bf16 (the authors' runs) does it: float32 master weights and
+    # AdamW moments (`param_dtype`), each matmul in the compute `dtype` (the parameters are cast per
+    # use inside the jitted step), logits, softmax, log-probs and the loss in float32. A bfloat16
+    # parameter cannot take a 1e-6 update (its spacing near 0.02 is 1.2e-4, near 1.0 7.8e-3), so
+    # trainable bfloat16 parameters are refused unless `allow_bf16_master_weights` says otherwise.
+    # A frozen base (LoRA, a frozen vision tower) may be bfloat16: it only ever gets cast.
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     dtype: Literal["float32", "bfloat16"] = "bfloat16"  # compute dtype
+    # train bfloat16 parameters anyway (e.g. with stochastic rounding added to the optimizer)
+    allow_bf16_master_weights: bool = False
     remat: bool = True
     scan_layers: bool = True
     lora_rank: int = 0  # 0: full fine-tuning; the method's LoRA option is rank 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.1
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lora_dtype: Literal["float32", "bfloat16"] = "float32"  # the adapters' own (master) dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +61,11 @@ class RewardsSection:
     """Reward terms by registered name (`jaxbiqa.rewards.REWARDS`): weights and factory parameters.
 
     The defaults are the paper (method.md section 4): score + self-consistency + reasoning, equal
-    weights; the working format reward is registered but off (weight 0), see method.md 8.1.
+    weights; the working format reward is registered but off (weight 0), see method.md 8.1. Ratings
+    are read with the authors' strict parse (method.md 8.7: the first `<answer>…</answer>` block,
+    `"rating": x` inside it, no range check), so a completion cut before `</answer>` earns 0: with
+    the format reward off, that is the method's only format pressure. The tolerant parser is one
+    setting away: `--set rewards.params.score.strict=false` (and for self_consistency).
     """
 
     # reward name -> weight; a term with weight 0 is not computed
@@ -61,8 +73,9 @@ class RewardsSection:
         default_factory=lambda: {"score": 1.0, "self_consistency": 1.0, "reasoning": 1.0, "format": 0.0})
     # reward name -> keyword parameters of its factory; e.g. --set rewards.params.score.threshold=0.3
     params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {
-        "score": {"kind": "cosine", "threshold": 0.35},
-        "self_consistency": {"kind": "cosine", "threshold": 0.35, "against": "target"},
+        "score": {"kind": "cosine", "threshold": 0.35, "strict": True, "valid_range": None},
+        "self_consistency": {"kind": "cosine", "threshold": 0.35, "against": "target", "strict": True,
+                             "valid_range": None},
         "reasoning": {"measure": "precision", "text": "completion", "floor": 0.1},
         "format": {"value": 0.5, "strict": True},
     })
@@ -105,6 +118,31 @@ class Config:
     sft: SFTSection = SFTSection()
     checkpoint: CheckpointSection = CheckpointSection()
     train: TrainSection = TrainSection()
+
+
+def bf16_trained_parameters(config: Config) -> list[str]:
+    """Which parameters a run of `config` trains while they are stored in bfloat16 (empty: none)."""
+    model = config.model
+    stages = [config.optim] + ([config.sft.optim] if config.sft.steps else [])
+    found = []
+    if model.lora_rank == 0 and model.param_dtype == "bfloat16":
+        found.append("the decoder (full fine-tuning, model.param_dtype='bfloat16')")
+    if model.lora_rank > 0 and model.lora_dtype == "bfloat16":
+        found.append("the LoRA adapters (model.lora_dtype='bfloat16')")
+    if model.param_dtype == "bfloat16" and any(not optim.freeze_vision for optim in stages):
+        found.append("the vision tower (freeze_vision=false, model.param_dtype='bfloat16')")
+    return found
+
+
+def check_master_weights(config: Config) -> None:
+    """Refuse trainable bfloat16 parameters: AdamW updates of ~lr are below their rounding step."""
+    found = bf16_trained_parameters(config)
+    if found and not config.model.allow_bf16_master_weights:
+        raise ConfigError(
+            f"{' and '.join(found)} would be trained in bfloat16: an update of lr={config.optim.learning_rate:g} "
+            "rounds to nothing on bfloat16 weights (spacing 1.2e-4 near 0.02, 7.8e-3 near 1). Keep float32 master "
+            "weights (model.param_dtype=float32, model.lora_dtype=float32; compute stays model.dtype=bfloat16), "
+            "or set model.allow_bf16_master_weights=true if you add stochastic rounding yourself")
 
 
 # ---------------------------------------------------------------- parsing values by declared type
@@ -314,4 +352,5 @@ def load_config(name_or_path: str | None = None, overrides: Sequence[str] = ()) 
             raise ConfigError(f"{path}: get_config() returned {type(config).__name__}, not jaxbiqa.config.Config")
     for assignment in overrides:
         config = apply_override(config, assignment)
+    check_master_weights(config)  # after every override: their order must not matter
     return config

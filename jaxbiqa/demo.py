@@ -99,7 +99,7 @@ def evaluate_run(out_dir: Path, decoding: str, progress: bool) -> tuple[Path, di
             return folder, metrics
     policy = load_policy(str(out_dir), None)
     config = policy.config
-    settings = EvalSettings(decoding=decoding, batch_size=config.data.batch_size, progress=progress)
+    settings = EvalSettings(decoding=decoding, batch_size=config.data.global_batch_size, progress=progress)
     result = evaluate(policy.model, policy.processor, eval_pipeline(config.data, policy.processor), folder,
                       rollout=config.rollout, settings=settings, total=count_records(config.data),
                       extra={"checkpoint": policy.source, "eval": list(config.data.eval),

@@ -7,7 +7,12 @@ MODEL is `qwen2.5-vl-7b`, a config.json or a checkpoint directory. Hardware pres
 (devices and memory per device; --devices / --memory describe anything else). The mesh defaults to
 FSDP over every device; one size may be -1. Modes: `full` fine-tuning (parameters float32 by
 default: master weights for bf16 compute) and `lora` (rank --lora-rank on every decoder
-projection, parameters bfloat16 by default); the vision tower is frozen unless --train-vision.
+projection, a bfloat16 base under float32 adapters by default); the vision tower is frozen unless
+--train-vision.
+
+`--config humaniqa[,qinsight_score,...]` plans what those recipes run instead (one row each): their
+dtypes, LoRA, remat, mesh, global batch, G, new tokens, longest pass-1 prompt bucket, micro-batch,
+frozen vision and reference; --mesh and the training and step options then do not apply.
 
 One hardware and one mode print a breakdown; several print a table (one row each; --markdown for
 Markdown). Parameters, gradients, optimizer state and KV cache are exact for the layout jaxbiqa
@@ -63,6 +68,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--memory", type=parse_bytes, help="memory per device without --hardware, e.g. 80GiB")
     where.add_argument("--headroom", type=float, default=0.9, help="usable share of the memory (default 0.9)")
     training = parser.add_argument_group("training")
+    training.add_argument("--config", type=_names, default=[],
+                          help="recipes (names in configs/ or files), comma separated: plan what they run")
     training.add_argument("--mode", type=_names, default=["full"], help="full, lora, or both: full,lora")
     training.add_argument("--lora-rank", type=int, default=8)
     training.add_argument("--train-vision", action="store_true", help="train the vision tower too")
@@ -93,11 +100,16 @@ def _default_workload():
 
 def _model_config(args: argparse.Namespace, mode: str):
     from jaxbiqa.models.qwen2_5_vl.config import LoraConfig
-    from jaxbiqa.models.qwen2_5_vl.size import qwen2_5_vl_7b
-    from jaxbiqa.models.qwen2_5_vl.weights import read_config
 
     runtime = dict(param_dtype=args.param_dtype or ("float32" if mode == "full" else "bfloat16"), dtype=args.dtype,
                    remat=not args.no_remat, lora=LoraConfig(rank=args.lora_rank) if mode == "lora" else None)
+    return _read_model(args, runtime)
+
+
+def _read_model(args: argparse.Namespace, runtime: dict[str, Any]):
+    from jaxbiqa.models.qwen2_5_vl.size import qwen2_5_vl_7b
+    from jaxbiqa.models.qwen2_5_vl.weights import read_config
+
     if args.model == "qwen2.5-vl-7b":
         return qwen2_5_vl_7b(**runtime)
     if not Path(args.model).exists():
@@ -130,8 +142,32 @@ def _gib(n: int) -> str:
     return f"{n / GiB:.2f}"
 
 
-def _build(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from jaxbiqa.plan import Workload, batch_shards, largest_fitting_micro_batch, plan
+def _recipe_runs(args: argparse.Namespace) -> list[tuple[str, Any, Any, dict[str, int]]]:
+    """(label, model config, workload, mesh) of each `--config` recipe."""
+    from jaxbiqa.config import load_config
+    from jaxbiqa.models.qwen2_5_vl.config import LoraConfig
+    from jaxbiqa.plan import Workload
+
+    runs = []
+    for name in args.config:
+        config = load_config(name)
+        model, pass1 = config.model, config.rollout.pass1
+        lora = None if not model.lora_rank else LoraConfig(rank=model.lora_rank, param_dtype=model.lora_dtype)
+        model_config = _read_model(args, dict(param_dtype=model.param_dtype, dtype=model.dtype, remat=model.remat,
+                                              lora=lora))
+        workload = Workload(prompts=config.data.global_batch_size, samples=config.grpo.num_generations,
+                            prompt_length=max(pass1.prompt_buckets, default=Workload.prompt_length),
+                            new_tokens=pass1.max_new_tokens, micro_batch_size=config.optim.micro_batch_size,
+                            freeze_vision=config.optim.freeze_vision, reference=config.grpo.beta > 0,
+                            logprob_chunk_size=config.grpo.logprob_chunk_size)
+        mode = "lora" if model.lora_rank else "full"
+        runs.append((f"{config.name} ({mode})", model_config, workload, dict(config.runtime.mesh)))
+    return runs
+
+
+def _option_runs(args: argparse.Namespace) -> list[tuple[str, Any, Any, dict[str, int]]]:
+    """(label, model config, workload, mesh) of each `--mode` with the command's step options."""
+    from jaxbiqa.plan import Workload
 
     workload = Workload(prompts=args.prompts, samples=args.samples, prompt_length=args.prompt_length,
                         image_tokens=args.image_tokens, new_tokens=args.new_tokens,
@@ -140,11 +176,17 @@ def _build(args: argparse.Namespace) -> list[dict[str, Any]]:
     bad = [m for m in args.mode if m not in ("full", "lora")]
     if bad:
         raise ValueError(f"--mode {bad[0]!r}: expected full, lora or full,lora")
+    return [(mode, _model_config(args, mode), workload, args.mesh) for mode in args.mode]
+
+
+def _build(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from jaxbiqa.plan import batch_shards, largest_fitting_micro_batch, plan
+
+    runs = _recipe_runs(args) if args.config else _option_runs(args)
     rows = []
     for label, devices, memory, description in _targets(args):
-        shape = _mesh_shape(args.mesh, devices)
-        for mode in args.mode:
-            config = _model_config(args, mode)
+        for mode, config, workload, mesh in runs:
+            shape = _mesh_shape(mesh, devices)
             result = plan(config, shape, workload, capacity=memory, headroom=args.headroom)
             fitting = None if memory is None else largest_fitting_micro_batch(
                 config, shape, workload, capacity=memory, headroom=args.headroom)

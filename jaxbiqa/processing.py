@@ -282,11 +282,12 @@ class Processor:
         input_ids, attention_mask = left_pad(ids, self.pad_token_id, length, multiple_of)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
-    def images(self, images: Sequence[ImageLike]) -> dict[str, np.ndarray]:
-        """`pixel_values` float32 [num_patches, C*Tp*P*P] (images concatenated) and `image_grid_thw` [n, 3]."""
+    def images(self, images: Sequence[ImageLike], resize: bool = True) -> dict[str, np.ndarray]:
+        """`pixel_values` float32 [num_patches, C*Tp*P*P] (images concatenated) and `image_grid_thw` [n, 3];
+        `resize=False` for images already resized to the processor's grid (sides multiples of 28)."""
         if not images:
             raise ValueError("no images")
-        out = self.image_processor(images=[load_image(im) for im in images], return_tensors="np")
+        out = self.image_processor(images=[load_image(im) for im in images], return_tensors="np", do_resize=resize)
         return {"pixel_values": np.asarray(out["pixel_values"], dtype=np.float32),
                 "image_grid_thw": np.asarray(out["image_grid_thw"], dtype=np.int64)}
 

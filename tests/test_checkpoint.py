@@ -127,6 +127,27 @@ def test_missing_checkpoints(tmp_path):
             ckpt.restore(restore_target(_small_state()), step=9)
 
 
+def test_item_saved_once_beside_the_steps(tmp_path):
+    with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+        assert not ckpt.has_item("reference")
+        ckpt.save_item("reference", _small_state(4))
+        for i in range(1, 5):
+            ckpt.save(i, _small_state(i))
+        ckpt.wait()
+        assert ckpt.all_steps() == [3, 4] and ckpt.has_item("reference")  # not a step, not rotated out
+        ckpt.save_item("reference", _small_state(5))  # replaces it
+        with pytest.raises(ValueError, match="step"):
+            ckpt.save_item("7", _small_state())
+        with pytest.raises(FileNotFoundError, match="other"):
+            ckpt.restore_item("other", restore_target(_small_state()))
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.latest_step() == 4
+        restored = ckpt.restore_item("reference", restore_target(_small_state()))
+    for name, value in _small_state(5).items():
+        assert restored[name].dtype == value.dtype
+        np.testing.assert_array_equal(np.asarray(restored[name]), np.asarray(value))
+
+
 def test_guard_restores_previous_handler():
     before = signal.getsignal(signal.SIGTERM)
     with PreemptionGuard() as guard:

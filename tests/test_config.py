@@ -102,8 +102,8 @@ def test_config_command_prints_resolved_json(capsys):
 
 
 def test_section_validation_becomes_a_config_error():
-    with pytest.raises(ConfigError, match="data.batch_size.*must be >= 1"):
-        apply_override(Config(), "data.batch_size=0")
+    with pytest.raises(ConfigError, match="data.global_batch_size.*must be >= 1"):
+        apply_override(Config(), "data.global_batch_size=0")
     assert apply_override(Config(), "data.train=koniq:/x,synthetic:y").data.train == ("koniq:/x", "synthetic:y")
 
 

@@ -9,18 +9,25 @@ Decoding (Pillow) accepts any mode and returns RGB uint8 [H, W, 3]:
 A missing or zero-byte file, a truncated or corrupt file, a file Pillow cannot identify (Pillow
 refuses images with a zero width or height there) and a decompression bomb are BadRecordErrors.
 
-`target_size` turns a pixel budget into one (height, width), both multiples of the Qwen2.5-VL
-28-pixel unit, so every image becomes the same number of visual tokens (h * w / 784).
+Sizes: `read_image_size` reads the (height, width) an image decodes to from its header alone
+(EXIF orientation included), and `resized_size` is the size Qwen2.5-VL's image processor gives it,
+transformers' own `smart_resize` (from its torch-free Pillow processor module): the original aspect
+ratio, both sides multiples of 28 px (14-px patches merged 2 x 2), about min_pixels..max_pixels
+pixels. `resize_image` then resizes with Pillow's bicubic filter, as the processor does. E.g. at
+200,704 pixels (256 visual tokens) a 512x384 KonIQ image becomes 504x392 (252 tokens, the former
+fixed 4:3 size) and a 500x500 LIVE-C image 448x448 (256 tokens).
 """
 
 from __future__ import annotations
 
 import io
-import math
+import os
 import warnings
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from jaxbiqa.data.records import BadRecordError
 
@@ -29,21 +36,51 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError
                   EOFError)
 
 
+def _open_image_file(image: str | bytes, where: str) -> BinaryIO:
+    """A binary handle on a record's `image` (a path, or the encoded bytes); a missing, unreadable
+    or empty file is a BadRecordError."""
+    if isinstance(image, (bytes, bytearray)):
+        if not image:
+            raise BadRecordError(where, "empty file: <bytes> has 0 bytes")
+        return io.BytesIO(image)
+    try:
+        handle = open(image, "rb")
+    except FileNotFoundError:
+        raise BadRecordError(where, f"missing file: {image}") from None
+    except (IsADirectoryError, PermissionError) as err:
+        raise BadRecordError(where, f"unreadable file: {image} ({err.strerror})") from None
+    if os.fstat(handle.fileno()).st_size == 0:
+        handle.close()
+        raise BadRecordError(where, f"empty file: {image} has 0 bytes")
+    return handle
+
+
 def read_image_bytes(image: str | bytes, where: str) -> bytes:
     """The encoded bytes of a record's `image` (a path, or bytes already)."""
-    if isinstance(image, (bytes, bytearray)):
-        data = bytes(image)
-    else:
+    with _open_image_file(image, where) as handle:
+        return handle.read()
+
+
+def _decode_error(err: BaseException, where: str) -> BadRecordError:
+    kind = "truncated image" if "truncated" in str(err) else "corrupt image"
+    return BadRecordError(where, f"{kind}: {type(err).__name__}: {err}")
+
+
+def read_image_size(image: str | bytes, where: str) -> tuple[int, int]:
+    """(height, width) of the array `decode_image` returns, read from the header only: Pillow's
+    `open` parses the header, EXIF orientations 5-8 (a quarter turn) swap the sides. A PNG's
+    EXIF is read only when it comes before the pixel data (reading a later one means decoding)."""
+    with _open_image_file(image, where) as handle:
         try:
-            with open(image, "rb") as handle:
-                data = handle.read()
-        except FileNotFoundError:
-            raise BadRecordError(where, f"missing file: {image}") from None
-        except (IsADirectoryError, PermissionError) as err:
-            raise BadRecordError(where, f"unreadable file: {image} ({err.strerror})") from None
-    if not data:
-        raise BadRecordError(where, f"empty file: {image if isinstance(image, str) else '<bytes>'} has 0 bytes")
-    return data
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(handle) as img:
+                    width, height = img.size
+                    late_png_exif = img.format == "PNG" and "exif" not in img.info
+                    orientation = 1 if late_png_exif else img.getexif().get(ExifTags.Base.Orientation, 1)
+        except _DECODE_ERRORS as err:
+            raise _decode_error(err, where) from None
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -70,37 +107,21 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
                 img.load()
                 return np.asarray(_to_rgb(ImageOps.exif_transpose(img)), dtype=np.uint8)
     except _DECODE_ERRORS as err:
-        kind = "truncated image" if "truncated" in str(err) else "corrupt image"
-        raise BadRecordError(where, f"{kind}: {type(err).__name__}: {err}") from None
+        raise _decode_error(err, where) from None
 
 
-def target_size(max_pixels: int, aspect: float = 4 / 3, min_pixels: int = FACTOR * FACTOR) -> tuple[int, int]:
-    """The largest (height, width), multiples of 28, with width/height close to `aspect` and
-    height * width <= max_pixels (e.g. 200,704 at 4:3 -> (392, 504), 252 visual tokens)."""
-    if max_pixels < min_pixels or max_pixels < FACTOR * FACTOR:
-        raise ValueError(f"max_pixels={max_pixels} is below min_pixels={min_pixels} or one 28x28 unit")
-    unit = FACTOR * FACTOR
-    best: tuple[float, int, int] | None = None
-    for rows in range(1, max_pixels // unit + 1):
-        cols = min(max_pixels // unit // rows, max(1, round(rows * aspect)))
-        pixels = rows * cols * unit
-        if pixels < min_pixels:
-            continue
-        # prefer more pixels, penalising the aspect error (log ratio) in units of the budget
-        key = (pixels - abs(math.log(cols / rows / aspect)) * max_pixels, rows, cols)
-        if best is None or key > best:
-            best = key
-    if best is None:
-        raise ValueError(f"no 28-multiple size fits min_pixels={min_pixels}, max_pixels={max_pixels}")
-    return best[1] * FACTOR, best[2] * FACTOR
+def resized_size(size: tuple[int, int], min_pixels: int, max_pixels: int, where: str) -> tuple[int, int]:
+    """The (height, width) Qwen2.5-VL's processor resizes an image of `size` to (`smart_resize`
+    with factor 28); an image it refuses (sides more than 200:1) is a BadRecordError."""
+    try:
+        return smart_resize(size[0], size[1], FACTOR, min_pixels, max_pixels)
+    except ValueError as err:
+        raise BadRecordError(where, f"unsupported size {size[1]}x{size[0]}: {err}") from None
 
 
-def resize_image(image: np.ndarray, size: tuple[int, int], match_orientation: bool = True) -> np.ndarray:
-    """Resize to exactly (height, width) with Pillow's bicubic filter; with `match_orientation`
-    a portrait image gets (width, height) instead, which keeps the visual-token count."""
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`image` resized to exactly (height, width) with Pillow's bicubic filter (as the processor)."""
     height, width = size
-    if match_orientation and (image.shape[0] > image.shape[1]) != (height > width) and height != width:
-        height, width = width, height
     if image.shape[:2] == (height, width):
         return image
     return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))

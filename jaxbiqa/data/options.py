@@ -27,18 +27,18 @@ class DataSection:
     mos_scale: Literal["table", "data"] = "table"   # records.MOS_SCALES, or min/max of the data
     require_mos: bool = True           # a record without a MOS is a bad record (off for text-only eval)
 
-    # images: one fixed size for all, so every image is the same number of visual tokens
-    max_pixels: int = 200_704          # 256 x 28 x 28: (392, 504) at 4:3, 252 tokens, like KonIQ 512x384
+    # images keep their aspect ratio: each is resized as Qwen2.5-VL's processor does (sides
+    # multiples of 28 px, about min..max pixels; images.resized_size) and every batch holds images
+    # of one size (pipeline.BatchPlan), e.g. KonIQ 512x384 -> 504x392 (252 tokens), 512x512 -> 448x448
+    max_pixels: int = 200_704          # 256 x 28 x 28: at most 256 visual tokens
     min_pixels: int = 3_136            # 56 x 56, the Qwen2.5-VL processor's default
-    aspect: float = 4 / 3              # width / height of the fixed size
-    match_orientation: bool = True     # portrait images get (width, height): same token count
 
     # iteration
-    batch_size: int = 8                # per process
+    global_batch_size: int = 8         # records per step over all processes (each reads its 1/P share)
     shuffle: bool = True
     seed: int = 0
     num_epochs: int | None = 1         # None repeats forever (each epoch reshuffled)
-    drop_remainder: bool = True
+    drop_remainder: bool = True        # drop each image size's last, partial batch (else keep it short)
     num_workers: int = 0               # grain worker processes; 0 decodes in this process
     worker_buffer_size: int = 2
     read_threads: int = 8
@@ -57,14 +57,12 @@ class DataSection:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.batch_size < 1:
-            problems.append(f"batch_size={self.batch_size} must be >= 1")
+        if self.global_batch_size < 1:
+            problems.append(f"global_batch_size={self.global_batch_size} must be >= 1")
         if self.num_workers < 0 or self.read_threads < 1:
             problems.append(f"num_workers={self.num_workers} must be >= 0 and read_threads={self.read_threads} >= 1")
         if not 0 < self.min_pixels <= self.max_pixels:
             problems.append(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
-        if self.aspect <= 0:
-            problems.append(f"aspect={self.aspect} must be > 0")
         if self.num_epochs is not None and self.num_epochs < 1:
             problems.append(f"num_epochs={self.num_epochs} must be >= 1 (or None for no end)")
         if self.on_bad_record not in ("raise", "skip"):

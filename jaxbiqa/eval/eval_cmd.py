@@ -206,7 +206,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sampled: the authors' T=1, top-k 50, top-p 0.95 (default); greedy: argmax")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed (default: 42, the authors')")
     parser.add_argument("--batch-size", type=int, default=0,
-                        help="images per compiled batch (default: data.batch_size)")
+                        help="images per compiled batch (default: data.global_batch_size)")
     parser.add_argument("--single-pass", action="store_true", help="pass 1 only: no caption-conditioned ratings")
     parser.add_argument("--strict-parse", action="store_true", help="read ratings with the authors' strict regex")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -230,7 +230,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace, config: Config, **changes) -> Any:
     from jaxbiqa.eval.evaluate import EvalSettings
 
-    return EvalSettings(decoding=args.decoding, seed=args.seed, batch_size=args.batch_size or config.data.batch_size,
+    return EvalSettings(decoding=args.decoding, seed=args.seed,
+                        batch_size=args.batch_size or config.data.global_batch_size,
                         two_pass=not args.single_pass, strict_parse=args.strict_parse,
                         progress=not args.no_progress, **changes)
 
@@ -256,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         config = policy.config
         settings = settings_from_args(args, config, max_examples=args.max_examples,
                                       lower_is_better=tuple(args.lower_is_better), on_invalid=args.on_invalid)
-        data = dataclasses.replace(config.data, batch_size=settings.batch_size)
+        data = dataclasses.replace(config.data, global_batch_size=settings.batch_size)
         out = args.out or default_out(policy, args.mode, settings.decoding)
         total = count_records(data)
         start = time.perf_counter()

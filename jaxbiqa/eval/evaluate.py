@@ -8,9 +8,10 @@ Per image, one compiled program runs
   pass-1 text before `<think>` (the caption: `caption_score`) and once from the text before
   `<answer>` (caption + think: `reasoning_score`).
 Decoding is the authors' sampling (temperature 1, top-k 50, top-p 0.95, seed 42) or greedy; batch
-b draws with `fold_in(key(seed), b)`. Shapes are static: every batch is padded to `batch_size`
-rows (the last, short one with copies of its last row, whose outputs are dropped) and the prompts
-to the pass-1 bucket, so the program compiles once per run (`Evaluator.compile_count`).
+b draws with `fold_in(key(seed), b)`. Shapes are static: every batch holds images of one size
+(the pipeline cuts a batch where the size changes), is padded to `batch_size` rows (a short one
+with copies of its last row, whose outputs are dropped) and its prompts to the pass-1 bucket, so
+the program compiles once per image size (and bucket) and never again (`Evaluator.compile_count`).
 
 Ratings are read with `jaxbiqa.rewards.parse_rating` (tolerant by default, the authors' strict
 regex with `strict_parse`); an unparsable output, or a pass 2 skipped because no caption could be
@@ -184,7 +185,7 @@ class Evaluator:
 
     @staticmethod
     def compile_count() -> int:
-        """Compiled variants of the evaluation program so far (one per run and batch shape)."""
+        """Compiled variants of the evaluation program so far (one per image size, bucket and settings)."""
         return _eval_program._cache_size()
 
 

@@ -4,9 +4,10 @@
 
 The model comes from --checkpoint (see `jaxbiqa eval`), else from the config's `model.path`; with
 neither --checkpoint nor --config, from the demo's run (`runs/demo`, written by `jaxbiqa demo`) when
-it exists. Every image is resized to the config's fixed evaluation size (`data.max_pixels`,
-`data.aspect`), as in training, and rated with the same compiled two-pass program as `jaxbiqa eval`
-(default decoding: the authors' sampling with seed 42; `--decoding greedy` for argmax). Per image:
+it exists. Every image keeps its proportions: it is resized as in training (Qwen2.5-VL's grid,
+`data.min_pixels` .. `data.max_pixels`), images of one size are batched together, and each batch is
+rated with the same compiled two-pass program as `jaxbiqa eval` (one compile per image size; default
+decoding: the authors' sampling with seed 42; `--decoding greedy` for argmax). Per image:
 the caption and reasoning of pass 1 and its rating, plus the ratings pass 2 gives from the caption
 alone and from the caption + reasoning. Unreadable images (missing, empty, truncated, not an image)
 are all reported by name before any model is loaded, and the command exits with status 1.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import sys
@@ -50,34 +52,41 @@ def read_images(paths: Sequence[str]) -> tuple[list[np.ndarray], list[str]]:
 
 def score_images(model, processor, images: Sequence[np.ndarray], names: Sequence[str], *, rollout, data,
                  settings) -> list[dict[str, Any]]:
-    """One entry per image: caption, reasoning, rating (pass 1), caption_rating (pass 2 from the
-    caption), caption_think_rating (pass 2 from caption + reasoning), and the pass-1 completion."""
+    """One entry per image, in the order given: the size it was rated at ("WxH"), caption, reasoning,
+    rating (pass 1), caption_rating (pass 2 from the caption), caption_think_rating (pass 2 from
+    caption + reasoning), and the pass-1 completion. Images are resized with `data`'s pixel budget
+    and rated in batches of one size."""
     import jax
 
-    from jaxbiqa.data.images import resize_image
-    from jaxbiqa.data.pipeline import Pass1Preprocess, collate, image_size
+    from jaxbiqa.data.images import resize_image, resized_size
+    from jaxbiqa.data.pipeline import Pass1Preprocess, collate
     from jaxbiqa.eval.evaluate import Evaluator, completion_parts, pad_rows
     from jaxbiqa.rewards.parse import parse_rating
 
     evaluator = Evaluator(processor, rollout, model.config.text.vocab_size, settings)
     preprocess = Pass1Preprocess(processor)
-    size = image_size(data)
+    sizes = [resized_size(image.shape[:2], data.min_pixels, data.max_pixels, name)
+             for image, name in zip(images, names)]
+    chunks = []  # positions of images of one size, at most batch_size each
+    for _, members in itertools.groupby(sorted(range(len(images)), key=sizes.__getitem__), key=sizes.__getitem__):
+        group = list(members)
+        chunks += [group[start:start + settings.batch_size] for start in range(0, len(group), settings.batch_size)]
     base_key = jax.random.key(settings.seed)
-    entries = []
-    for index, start in enumerate(range(0, len(images), settings.batch_size)):
-        chunk = images[start:start + settings.batch_size]
-        batch = collate([preprocess(resize_image(image, size, data.match_orientation)) for image in chunk])
-        full, rows = pad_rows(batch, settings.batch_size)
+    entries: list[dict[str, Any]] = [{} for _ in images]
+    for index, chunk in enumerate(chunks):
+        batch = collate([preprocess(resize_image(images[i], sizes[i])) for i in chunk])
+        full, _ = pad_rows(batch, settings.batch_size)
         out = evaluator(model, evaluator.prepare(model, full), jax.random.fold_in(base_key, index))
-        for i in range(rows):
+        for i, position in enumerate(chunk):
             text = out.pass1_texts[i]
-            entry = {"image": names[start + i], **completion_parts(text)}
+            entry = {"image": names[position], "size": f"{sizes[position][1]}x{sizes[position][0]}",
+                     **completion_parts(text)}
             if out.caption_texts is not None:
                 for key, texts, has in (("caption_rating", out.caption_texts, out.has_caption),
                                         ("caption_think_rating", out.reasoning_texts, out.has_reasoning)):
                     entry[key] = parse_rating(texts[i], strict=settings.strict_parse) if has[i] else math.nan
             entry["completion"] = text
-            entries.append(json_safe(entry))
+            entries[position] = json_safe(entry)
     return entries
 
 
@@ -128,8 +137,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.batch_size:  # no padding beyond the images given
             settings = dataclasses.replace(settings, batch_size=min(settings.batch_size, len(images)))
         entries = score_images(policy.model, policy.processor, images, args.images, rollout=policy.config.rollout,
-                               data=dataclasses.replace(policy.config.data, batch_size=settings.batch_size),
-                               settings=settings)
+                               data=policy.config.data, settings=settings)
     except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as err:
         print(f"jaxbiqa score: error: {err}", file=sys.stderr)
         return 1

@@ -48,7 +48,7 @@ def model_config(section, path: Path) -> ModelConfig:
     lora = None
     if section.lora_rank > 0:
         lora = LoraConfig(rank=section.lora_rank, alpha=section.lora_alpha, dropout=section.lora_dropout,
-                          target_modules=tuple(section.lora_targets))
+                          target_modules=tuple(section.lora_targets), param_dtype=section.lora_dtype)
     return read_config(path, section.dtype, section.param_dtype, remat=section.remat,
                        scan_layers=section.scan_layers, lora=lora)
 

@@ -1,7 +1,11 @@
 """Reasoning reward: ROUGE-1 of the completion against the human perception text (rouge-score).
 
 The human text of a sample joins the chosen fields (default description, good_aspect, bad_aspect)
-with spaces. A field value may be a string, a `{"answer": str}` dict (Q-Reasoning test), a list of
+with spaces. The authors' reward code concatenates them with no separator, so a field that does
+not end in punctuation merges with the next one's first word ("...overseas" + "The space..." ->
+"overseasthe", one token ROUGE matches with nothing; on real completions this lowers ROUGE-1
+precision by up to 0.02 for about one pair in eight, method.md 8.6). jaxbiqa keeps the spaces;
+`join="authors"` reproduces their concatenation exactly. A field value may be a string, a `{"answer": str}` dict (Q-Reasoning test), a list of
 strings (one per annotator), or blank / None (missing). A string holding
 `<translation>EN</translation>` (the Q-Reasoning training file) contributes its English part.
 Lists make one reference per annotator k (the k-th entry of every list field, plus the plain
@@ -23,6 +27,8 @@ from jaxbiqa.rewards.parse import tag_content
 
 HUMAN_FIELDS: tuple[str, ...] = ("description", "good_aspect", "bad_aspect")
 MEASURES: tuple[str, ...] = ("precision", "recall", "fmeasure")
+Join = Literal["space", "authors"]
+SEPARATORS: dict[str, str] = {"space": " ", "authors": ""}
 
 
 def _field_text(value: Any, *, where: str) -> str | list[str | None] | None:
@@ -46,9 +52,12 @@ def _field_text(value: Any, *, where: str) -> str | list[str | None] | None:
 
 
 def human_references(
-    sample: Mapping[str, Any], fields: Sequence[str] = HUMAN_FIELDS, *, where: str = "sample"
+    sample: Mapping[str, Any], fields: Sequence[str] = HUMAN_FIELDS, *, where: str = "sample", join: Join = "space"
 ) -> list[str]:
-    """The reference texts of one sample (one per annotator; empty when it has no human text)."""
+    """The reference texts of one sample (one per annotator; empty when it has no human text), the
+    fields joined with a space or, `join="authors"`, with nothing (see the module docstring)."""
+    if join not in SEPARATORS:
+        raise ValueError(f"human_references: join must be one of {list(SEPARATORS)}, got {join!r}")
     texts = [_field_text(sample.get(f), where=f"{where} field {f!r}") for f in fields]
     n_refs = max((len(t) for t in texts if isinstance(t, list)), default=1)
     refs = []
@@ -56,7 +65,7 @@ def human_references(
         parts = [t[k] if isinstance(t, list) and k < len(t) else t for t in texts]
         parts = [p for p in parts if isinstance(p, str)]
         if parts:
-            refs.append(" ".join(parts))
+            refs.append(SEPARATORS[join].join(parts))
     return refs
 
 
@@ -67,6 +76,7 @@ def reasoning_reward(
     fields: Sequence[str] = HUMAN_FIELDS,
     floor: float = 0.1,
     missing: float | None = None,
+    join: Join = "space",
 ) -> RewardFn:
     """max(floor, best ROUGE-1 `measure` over the references) for samples with human text, else
     `missing` (default: the floor). Range: [min(floor, missing), max(1, missing)].
@@ -74,8 +84,11 @@ def reasoning_reward(
     text: "completion" scores the whole completion (the authors); "caption" scores the content of
     its `<caption>` block, and a completion without one gets the floor.
     Precision is the share of the completion's tokens found in the human text (rouge-score's
-    `score(target=human, prediction=completion)`).
+    `score(target=human, prediction=completion)`). `join`: how the fields make one reference
+    ("space", or "authors" for their separator-less concatenation).
     """
+    if join not in SEPARATORS:
+        raise ValueError(f"reasoning_reward: join must be one of {list(SEPARATORS)}, got {join!r}")
     if measure not in MEASURES:
         raise ValueError(f"reasoning_reward: measure must be one of {MEASURES}, got {measure!r}")
     if text not in ("completion", "caption"):
@@ -93,7 +106,7 @@ def reasoning_reward(
         out = np.empty(n, np.float32)
         for i, completion in enumerate(completions):
             sample = {f: cols[f][i] for f in fields}
-            refs = [r for r in human_references(sample, fields, where=f"batch[{i}]") if tokenizer.tokenize(r)]
+            refs = [r for r in human_references(sample, fields, where=f"batch[{i}]", join=join) if tokenizer.tokenize(r)]
             if not refs:
                 out[i] = missing_value
                 continue

@@ -70,11 +70,11 @@ def add_pass2(batch: dict[str, np.ndarray], part: Mapping[str, np.ndarray]) -> d
 # ---------------------------------------------------------------- images
 
 def same_image_grid(image_grid_thw: np.ndarray) -> np.ndarray:
-    """The one `(t, h, w)` every image of a batch shares (the pipeline resizes to one size)."""
+    """The one `(t, h, w)` every image of a batch shares (the pipeline batches images of one size)."""
     grid = np.asarray(image_grid_thw).reshape(-1, 3)
     if not (grid == grid[0]).all():
         raise ValueError(f"the images of a batch differ in size (image_grid_thw {np.unique(grid, axis=0).tolist()}); "
-                         "the trainer needs one fixed image size (data.max_pixels / data.aspect)")
+                         "the trainer needs batches of one image size (data.pipeline.BatchPlan plans them)")
     return grid[0]
 
 

@@ -296,14 +296,14 @@ class TrainStep:
             return self._logprobs(params, frozen, batch, dict(shared or {}), micro=micro)
 
     def _logprobs_fn(self, params, frozen, batch, shared, *, micro):
-        model_of = functools.partial(nnx.merge, self.graphdef)
+        # the state rides in the scan's carry: merged from closed-over arrays instead, a model with
+        # scanned layers (nnx.scan) would see variables of another trace level and refuse them
+        def one(state, micro_batch):
+            model = nnx.merge(self.graphdef, *state)
+            return state, completion_logprobs(model, {**micro_batch, **shared}, chunk_size=self.logprob_chunk_size)
 
-        def one(micro_batch):
-            model = model_of(params, frozen)
-            return completion_logprobs(model, {**micro_batch, **shared}, chunk_size=self.logprob_chunk_size)
-
-        out = merge_micro_batches(jax.lax.map(one, split_micro_batches(batch, micro)))
-        return constrain(out, ("batch", None))
+        _, out = jax.lax.scan(one, (params, frozen), split_micro_batches(batch, micro))
+        return constrain(merge_micro_batches(out), ("batch", None))
 
     # -- placement
 

@@ -12,7 +12,7 @@ class TrainSection:
     # run length: GRPO steps (one rollout each) are the train split's batches x data.num_epochs,
     # capped at max_steps when it is > 0 (required when data.num_epochs is None)
     max_steps: int = 0
-    sft_batch_size: int = 0          # records per warm-start step; 0 = data.batch_size
+    sft_batch_size: int = 0          # records per warm-start step over all processes; 0 = data.global_batch_size
     # with a two-pass rollout, the warm start also teaches pass 2 (caption-only prompt -> the
     # reference's think + answer): a model trained from scratch cannot do pass 2 otherwise
     sft_pass2: bool = True
@@ -30,7 +30,7 @@ class TrainSection:
     # evaluation (greedy rollout on data.eval / data.eval_split) at the end, and after the warm start
     eval_at_end: bool = True
     eval_after_sft: bool = True
-    eval_batch_size: int = 0         # 0 = data.batch_size
+    eval_batch_size: int = 0         # records per evaluation batch (global); 0 = data.global_batch_size
     eval_max_examples: int = 0       # 0: the whole eval split
 
     def __post_init__(self):

@@ -15,11 +15,15 @@ Stage 2, GRPO, one rollout per step:
 4. group advantages (`grpo.advantage`), the update (`rl.step.TrainStep`, `num_iterations` times,
    old log-probs stored before the first when > 1), pass-2 tokens included with `train.train_pass2`.
 The reference policy (beta > 0) is the policy as GRPO starts (after the warm start): LoRA adapters
-zeroed when training LoRA (no second copy of the base), else a copy of the trainable parameters;
-it is saved with the GRPO checkpoints so a resumed run keeps the same reference.
+zeroed when training LoRA (no second copy of the base), else a copy of the trainable parameters.
+The GRPO checkpoints do not store it (a full copy of the trainable parameters each): a resumed run
+rebuilds it from where it came from. Zeroed adapters need nothing; other trainable parameters
+(full fine-tuning, or a trainable vision tower) are reloaded from `model.path` when GRPO starts
+from its weights (no warm start), else (after a warm start, or from a random init) they are saved
+once as GRPO starts, in `<checkpoints>/reference` (`Checkpointer.save_item`), and read from there.
 
 Checkpoints (`config.checkpoint`, under `<output_dir>/checkpoints`): the stage's train state, the
-reference, the RNG key, the data iterator position and the resolved config, every
+RNG key, the data iterator position and the resolved config (beside them, once: the reference), every
 `save_interval_steps` steps, at the end of each stage and on SIGTERM (saved after the current
 step, then `run` returns `preempted`). Steps count both stages: 1..S are warm-start steps, S+1..
 are GRPO rollouts, so a checkpoint's step says which state it holds. Randomness: step k uses
@@ -31,10 +35,13 @@ tokenizer) and the evaluation hook (`jaxbiqa.eval.evaluate`, greedy, `<output_di
 Meshes and processes (`Trainer.from_runtime`: `config.runtime` via `jaxbiqa.distributed.setup`,
 or an explicit `mesh`). The run on a mesh, on one process or several, does what the one-device
 run does: the same global batches, the same samples, the same rewards and updates.
-* Data: `data.batch_size` records per process; process i reads its contiguous slice of each
+* Data: `data.global_batch_size` (and `train.sft_batch_size`, `train.eval_batch_size`) count
+  records over all processes; of P processes, process i reads its contiguous 1/P slice of each
   global batch (`data.pipeline.ProcessRows`), decoding only its own images, then
-  `distributed.gather_rows` gives every process the whole global batch on the host. So P
-  processes with batch size b see exactly the batches of one process with batch size P*b.
+  `distributed.gather_rows` gives every process the whole global batch on the host. The batch
+  plan (`data.pipeline.BatchPlan`: batches of one image size each) depends on the records, the
+  seed and the global batch size only, so steps, schedule and epochs are the same on any number
+  of processes and any mesh. Vision plans are cached per (image grid, image count).
 * Device work takes the global batch: update batches become global arrays split over the
   mesh's batch axes (`distributed.shard_batch`), the rollout's prompts go in as host arrays.
   Sampling draws with `fold_in(key, step)` over the whole `[rows, vocab]` block with JAX's
@@ -72,10 +79,10 @@ from jax.sharding import Mesh
 
 from jaxbiqa import distributed
 from jaxbiqa.checkpoint import Checkpointer, PreemptionGuard, restore_target
-from jaxbiqa.config import Config, to_dict
-from jaxbiqa.data.pipeline import Pass1Preprocess, make_pipeline, open_sources, shard_options
+from jaxbiqa.config import Config, check_master_weights, to_dict
+from jaxbiqa.data.pipeline import Pass1Preprocess, batches_per_epoch, make_pipeline, per_shard, shard_options
 from jaxbiqa.eval.evaluate import METRICS_FILE, PREDICTIONS_FILE, EvalSettings, evaluate
-from jaxbiqa.models.build import abstract_policy, build_policy, build_processor
+from jaxbiqa.models.build import abstract_policy, build_policy, build_processor, has_weights, resolve_model_path
 from jaxbiqa.models.qwen2_5_vl import trainable_filter, vision_plan
 from jaxbiqa.rewards import build_reward, parse_ratings, split_caption
 from jaxbiqa.rl import batches
@@ -96,6 +103,7 @@ POLICY_DIR = "policy"
 EVAL_DIR = "eval"
 EVAL_COLUMNS = {"image": "overall_score", "caption": "caption_score", "caption_think": "reasoning_score"}
 SUMMARY_FILE = "summary.json"
+REFERENCE_ITEM = "reference"  # <checkpoints>/reference: the reference policy, when saved (module docstring)
 
 
 @dataclasses.dataclass
@@ -144,6 +152,7 @@ class Trainer:
 
     def __init__(self, config: Config, *, train: TrainSection | None = None, mesh: Mesh | None = None,
                  rules: LogicalRules = DEFAULT_RULES):
+        check_master_weights(config)
         self.config = config
         self.train = train or train_section(config)
         self.mesh = mesh
@@ -160,6 +169,13 @@ class Trainer:
                                  "be left unset in a multi-process run: each process reads its own share")
             if config.rollout.two_pass and not config.rollout.fused:
                 raise ValueError("rollout.fused=False (the host-side reference path) runs on one process only")
+            if not config.data.drop_remainder:
+                raise ValueError("data.drop_remainder=False runs on one process only: a short batch would leave "
+                                 "some processes without rows")
+        shards = shard_options(config.data).shard_count
+        per_shard(config.data.global_batch_size, shards)
+        if self.train.sft_batch_size:
+            per_shard(self.train.sft_batch_size, shards, "train.sft_batch_size")
         self.sft_pass2 = self.train.sft_pass2 and config.rollout.two_pass  # a one-pass rollout has no pass 2
         if self.train.train_pass2 and not config.rollout.two_pass:
             raise ValueError("train.train_pass2 needs rollout.two_pass")
@@ -176,7 +192,7 @@ class Trainer:
         if not self.eos_ids:
             raise ValueError("rollout.pass1.eos_token_ids is empty: the warm start needs an end-of-turn token")
         self.key = jax.random.key(config.seed)
-        self._images: dict[int, Any] = {}
+        self._images: dict[tuple[tuple[int, ...], int], Any] = {}  # (grid, images) -> vision plan
 
     @classmethod
     def from_runtime(cls, config: Config, *, train: TrainSection | None = None) -> "Trainer":
@@ -196,12 +212,10 @@ class Trainer:
             if not self.train.max_steps:
                 raise ValueError("data.num_epochs is None (no end): set train.max_steps")
             return self.train.max_steps
-        records = len(open_sources(data.train, data.train_split, data))
-        global_batch = data.batch_size * shard_options(data).shard_count
-        steps = records * data.num_epochs // global_batch  # drop_remainder=False: a last, partial batch
-        steps += int(not data.drop_remainder and records * data.num_epochs % global_batch > 0)
+        steps = batches_per_epoch(data) * data.num_epochs  # the same on any number of processes
         if steps < 1 and not self.train.max_steps:
-            raise ValueError(f"the train split has {records} records, fewer than one batch of {global_batch}")
+            raise ValueError(f"the train split has no batch of {data.global_batch_size} records of one image size "
+                             "(data.global_batch_size)")
         return min(steps, self.train.max_steps) if self.train.max_steps else steps
 
     def total_steps(self) -> int:
@@ -212,8 +226,8 @@ class Trainer:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _pipeline(self, batch_size: int, num_epochs: int | None, split: str = "train") -> Iterator:
-        data = dataclasses.replace(self.config.data, batch_size=batch_size, num_epochs=num_epochs)
+    def _pipeline(self, global_batch_size: int, num_epochs: int | None, split: str = "train") -> Iterator:
+        data = dataclasses.replace(self.config.data, global_batch_size=global_batch_size, num_epochs=num_epochs)
         return iter(make_pipeline(data, split, preprocess=self.preprocess))
 
     @staticmethod
@@ -234,10 +248,11 @@ class Trainer:
         return distributed.shard_batch(batch, self.mesh, ROW_AXIS, self.rules)
 
     def _plan(self, grid: np.ndarray, images: int):
-        """The vision plan of `images` images of one size (the micro-batch's share, cached)."""
-        if images not in self._images:
-            self._images[images] = vision_plan(np.repeat(grid[None], images, 0), self._model_config.vision)
-        return self._images[images]
+        """The vision plan of `images` images of one grid (the micro-batch's share), cached per (grid, images)."""
+        key = (tuple(int(v) for v in grid), images)
+        if key not in self._images:
+            self._images[key] = vision_plan(np.repeat(grid[None], images, 0), self._model_config.vision)
+        return self._images[key]
 
     def _micro_rows(self, rows: int, optim) -> int:
         return optim.micro_batch_size if optim.micro_batch_size and optim.micro_batch_size < rows else rows
@@ -356,7 +371,7 @@ class Trainer:
         step_fn = TrainStep(model, batches.two_pass_loss(loss) if self.sft_pass2 else loss, section.optim,
                             max(section.steps, 1), trainable=self._trainable(section.optim), mesh=self.mesh,
                             rules=self.rules, logprob_chunk_size=config.grpo.logprob_chunk_size)
-        batch_size = self.train.sft_batch_size or config.data.batch_size
+        batch_size = self.train.sft_batch_size or config.data.global_batch_size
         iterator = self._pipeline(batch_size, None)
         if start:
             restored = checkpointer.restore(restore_target(step_fn.abstract_state(model)), step=start,
@@ -409,17 +424,16 @@ class Trainer:
         config, train = self.config, self.train
         sft_steps, grpo = config.sft.steps, config.grpo
         step_fn = self._grpo_step_fn(model)
-        iterator = self._pipeline(config.data.batch_size, config.data.num_epochs)
-        use_reference = grpo.beta > 0
-        if start > sft_steps:
-            abstract = step_fn.abstract_state(model)
-            target = {"train": abstract, **({"reference": abstract.params} if use_reference else {})}
+        iterator = self._pipeline(config.data.global_batch_size, config.data.num_epochs)
+        resumed = start > sft_steps
+        if resumed:
+            target = {"train": step_fn.abstract_state(model)}
             restored = checkpointer.restore(restore_target(target), step=start, data_iterator=iterator)
-            state, reference, self.key = restored.state["train"], restored.state.get("reference"), restored.key
+            state, self.key = restored.state["train"], restored.key
             log.info("resumed GRPO at step %d", start)
         else:
             state = step_fn.init(model)
-            reference = step_fn.reference_params(state) if use_reference else None
+        reference = self._reference(step_fn, state, checkpointer, resumed) if grpo.beta > 0 else None
         total = sft_steps + self.grpo_steps
         step = max(start, sft_steps)
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewards")
@@ -444,8 +458,8 @@ class Trainer:
                 logger.advance(1, reward=record["reward/total_mean"], kl=record.get("kl", 0.0))
                 stop = guard.should_stop()
                 if step % config.checkpoint.save_interval_steps == 0 or step == total or stop:
-                    tree = {"train": state, **({"reference": reference} if use_reference else {})}
-                    checkpointer.save(step, tree, key=self.key, data_iterator=iterator, config=config, force=True)
+                    checkpointer.save(step, {"train": state}, key=self.key, data_iterator=iterator, config=config,
+                                      force=True)
                 if stop:
                     checkpointer.wait()
                     log.warning("SIGTERM: saved step %d; resume with --resume", step)
@@ -453,9 +467,50 @@ class Trainer:
         finally:
             pool.shutdown(wait=True)
         if step not in checkpointer.all_steps() and step > sft_steps:
-            tree = {"train": state, **({"reference": reference} if use_reference else {})}
-            checkpointer.save(step, tree, key=self.key, data_iterator=iterator, config=config, force=True)
+            checkpointer.save(step, {"train": state}, key=self.key, data_iterator=iterator, config=config, force=True)
         return step_fn.model(state), 0, step
+
+    def _reference_from_model_path(self) -> bool:
+        """Whether GRPO starts from `model.path`'s weights as loaded (no warm start): then the
+        reference's non-adapter parameters are reloaded from there on resume, not stored."""
+        return self.config.sft.steps == 0 and has_weights(resolve_model_path(self.config.model.path))
+
+    def _reference(self, step_fn: TrainStep, state: TrainState, checkpointer: Checkpointer,
+                   resumed: bool) -> nnx.State:
+        """The reference policy's trainable-shaped parameters: the policy as GRPO starts (the
+        frozen part is `state.frozen`). LoRA adapters are zeros; any other trainable parameters are
+        their values at the start of GRPO: copied from `state` when it starts (and saved once as
+        `<checkpoints>/reference` unless `model.path` holds them), rebuilt from there on resume."""
+        adapters, rest = state.params.split(nnx.LoRAParam, ...)
+        if jax.tree.leaves(rest):  # full fine-tuning, or LoRA with a trainable vision tower
+            from_model = self._reference_from_model_path()
+            if not resumed:
+                rest = jax.tree.map(jnp.copy, rest)  # the steps donate `state`'s arrays
+                if not from_model:
+                    checkpointer.save_item(REFERENCE_ITEM, rest)
+                    log.info("saved the reference policy in %s", checkpointer.directory / REFERENCE_ITEM)
+            elif from_model:
+                rest = self._initial_params(step_fn, rest)
+                log.info("reloaded the reference policy from model.path")
+            elif checkpointer.has_item(REFERENCE_ITEM):
+                rest = checkpointer.restore_item(REFERENCE_ITEM, restore_target(rest))
+                log.info("restored the reference policy from %s", checkpointer.directory / REFERENCE_ITEM)
+            else:
+                raise FileNotFoundError(f"{checkpointer.directory / REFERENCE_ITEM} is missing: resuming GRPO with "
+                                        "grpo.beta > 0 needs the reference policy saved there as GRPO started")
+        return nnx.merge_state(jax.tree.map(jnp.zeros_like, adapters), rest)
+
+    def _initial_params(self, step_fn: TrainStep, like: nnx.State) -> nnx.State:
+        """The non-adapter trainable parameters of the policy as `build_policy` loads it, placed
+        and structured like `like` (the same parameters of the train state)."""
+        model = build_policy(self.config.model, seed=self.config.seed, mesh=self.mesh, rules=self.rules)
+        _, params, _ = nnx.split(model, step_fn.trainable, ...)
+        _, loaded = params.split(nnx.LoRAParam, ...)
+        source, target = (jax.tree_util.tree_flatten_with_path(tree)[0] for tree in (loaded, like))
+        if [(path, x.shape, x.dtype) for path, x in source] != [(path, x.shape, x.dtype) for path, x in target]:
+            raise ValueError(f"the weights of model.path {self.config.model.path!r} do not match the train state")
+        leaves = [jax.device_put(x, y.sharding) for (_, x), (_, y) in zip(source, target)]
+        return jax.tree.unflatten(jax.tree.structure(like), leaves)
 
     def _image_features(self, step_fn: TrainStep, state: TrainState, data, plan) -> jax.Array:
         """`[B, tokens, hidden]` vision features of the batch's images (frozen vision tower)."""
@@ -600,11 +655,10 @@ class Trainer:
         whole eval split and runs the same batches over the mesh; process 0's files are kept.
         """
         config = self.config
-        processes = jax.process_count()
-        settings = EvalSettings(decoding="greedy", batch_size=(self.train.eval_batch_size or config.data.batch_size)
-                                * processes, max_examples=self.train.eval_max_examples)
-        data = dataclasses.replace(config.data, batch_size=settings.batch_size,
-                                   **({"shard_index": 0, "shard_count": 1} if processes > 1 else {}))
+        batch_size = self.train.eval_batch_size or config.data.global_batch_size
+        settings = EvalSettings(decoding="greedy", batch_size=batch_size, max_examples=self.train.eval_max_examples)
+        # every process reads the whole split: one shard
+        data = dataclasses.replace(config.data, global_batch_size=settings.batch_size, shard_index=0, shard_count=1)
         eval_batches = make_pipeline(data, "eval", preprocess=self.preprocess)
         start = time.perf_counter()
         with contextlib.ExitStack() as stack:

@@ -1,10 +1,12 @@
 import io
+import math
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
-from jaxbiqa.data.images import FACTOR, decode_image, read_image_bytes, resize_image, target_size
+from jaxbiqa.data.images import (FACTOR, decode_image, read_image_bytes, read_image_size, resize_image,
+                                 resized_size)
 from jaxbiqa.data.records import BadRecordError
 
 
@@ -70,19 +72,41 @@ def test_broken_inputs_are_bad_records(tmp_path):
     assert read_image_bytes(b"abc", "rec 5") == b"abc"
 
 
-def test_target_size_is_a_fixed_token_grid():
-    assert target_size(256 * 28 * 28, 4 / 3) == (392, 504)        # KonIQ 512x384 -> 252 tokens
-    assert target_size(256 * 28 * 28, 3 / 4) == (504, 392)
-    for budget, aspect in ((50_000, 1.0), (1_000_000, 16 / 9), (3136, 4 / 3)):
-        height, width = target_size(budget, aspect)
-        assert height % FACTOR == 0 and width % FACTOR == 0 and height * width <= budget
-    with pytest.raises(ValueError, match="below"):
-        target_size(100)
+def test_refused_sizes_are_bad_records():
+    with pytest.raises(BadRecordError, match="unsupported size 2100x10"):
+        resized_size((10, 2100), 3136, 200_704, "rec 6")
 
 
-def test_resize_keeps_token_count_for_portrait_images():
-    landscape = np.zeros((30, 40, 3), np.uint8)
-    portrait = np.zeros((40, 30, 3), np.uint8)
-    assert resize_image(landscape, (56, 84)).shape == (56, 84, 3)
-    assert resize_image(portrait, (56, 84)).shape == (84, 56, 3)
-    assert resize_image(portrait, (56, 84), match_orientation=False).shape == (56, 84, 3)
+def test_resized_size_keeps_the_proportions():
+    budget = (3136, 256 * 28 * 28)
+    assert resized_size((384, 512), *budget, "r") == (392, 504)   # KonIQ 512x384: the former fixed 4:3 size
+    assert resized_size((512, 384), *budget, "r") == (504, 392)   # portrait
+    assert resized_size((500, 500), *budget, "r") == (448, 448)   # LIVE-C: square, 256 tokens
+    assert resized_size((512, 512), *budget, "r") == (448, 448)   # CSIQ
+    for size in ((3000, 4000), (100, 1000), (40, 60)):
+        height, width = resized_size(size, *budget, "r")
+        assert height % FACTOR == 0 and width % FACTOR == 0
+        assert abs(math.log(width / height) - math.log(size[1] / size[0])) < 0.3
+    with pytest.raises(BadRecordError, match=r"rec 7: unsupported size 3000x10"):
+        resized_size((10, 3000), *budget, "rec 7")
+
+
+def test_header_size_is_the_decoded_size(tmp_path):
+    photo = Image.fromarray(np.zeros((30, 40, 3), np.uint8))
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # rotated a quarter turn: shown 30 wide, 40 high
+    rotated = encode(photo, "JPEG", exif=exif)
+    assert read_image_size(rotated, "r") == decode_image(rotated, "r").shape[:2] == (40, 30)
+    (tmp_path / "a.png").write_bytes(encode(photo))
+    assert read_image_size(str(tmp_path / "a.png"), "r") == (30, 40)
+    with pytest.raises(BadRecordError, match="missing file"):
+        read_image_size(str(tmp_path / "nope.png"), "r")
+    with pytest.raises(BadRecordError, match="corrupt image"):
+        read_image_size(b"not an image", "r")
+
+
+def test_resize_is_pillows_bicubic():
+    image = np.random.default_rng(0).integers(0, 256, (384, 512, 3), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(image).resize((504, 392), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(resize_image(image, (392, 504)), expected)
+    assert resize_image(image, (384, 512)) is image

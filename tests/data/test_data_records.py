@@ -113,7 +113,8 @@ def test_data_section_rejects_bad_values():
     from jaxbiqa.data.options import DataSection
 
     DataSection()
-    cases = (({"batch_size": 0}, "batch_size=0"), ({"min_pixels": 10_000, "max_pixels": 5_000}, "min_pixels"),
+    cases = (({"global_batch_size": 0}, "global_batch_size=0"),
+             ({"min_pixels": 10_000, "max_pixels": 5_000}, "min_pixels"),
              ({"num_epochs": 0}, "num_epochs=0"), ({"on_bad_record": "ignore"}, "on_bad_record"))
     for bad, message in cases:
         with pytest.raises(ValueError, match=message):

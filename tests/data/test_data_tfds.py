@@ -44,7 +44,7 @@ def test_round_trip_gives_the_same_records(built):
 
 def test_grain_over_tfds_matches_grain_over_the_source(built, synth_dir):
     _, out, _ = built
-    options = DataSection(train=(f"synthetic:{synth_dir}",), batch_size=1, max_pixels=56 * 56, aspect=1.0,
+    options = DataSection(train=(f"synthetic:{synth_dir}",), global_batch_size=1, max_pixels=56 * 56,
                           shard_index=0, shard_count=1, drop_remainder=False, shuffle=False)
 
     def examples(data):

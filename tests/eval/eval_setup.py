@@ -26,7 +26,7 @@ def overrides(model_dir: Path, data_dir: Path, batch_size: int = 4) -> list[str]
     sets = [f"model.path={model_dir}", "model.dtype=float32", f'data.eval=["synthetic:{data_dir}"]',
             f'data.train=["synthetic:{data_dir}"]', "data.synthetic_num_photos=4",
             "data.synthetic_crops_per_photo=1", "data.synthetic_types_per_crop=1", "data.synthetic_crop_size=56",
-            "data.max_pixels=3136", "data.aspect=1", f"data.batch_size={batch_size}",
+            "data.max_pixels=3136", f"data.global_batch_size={batch_size}",
             "rollout.pass1.max_new_tokens=20", "rollout.pass2.max_new_tokens=10",
             "rollout.pass1.prompt_buckets=[128]"]
     for name in ("pass1", "pass2"):

@@ -66,8 +66,8 @@ def test_run_directory_restores_the_latest_or_a_chosen_step(run_dir):
         np.testing.assert_array_equal(restored, saved)
     assert latest.config.rollout.pass1.max_new_tokens == 20  # the config saved with the checkpoint
 
-    chosen = load_policy(str(run / "checkpoints" / "2"), None, ["data.batch_size=2"])
-    assert chosen.source["step"] == 2 and chosen.config.data.batch_size == 2  # --set applies on top
+    chosen = load_policy(str(run / "checkpoints" / "2"), None, ["data.global_batch_size=2"])
+    assert chosen.source["step"] == 2 and chosen.config.data.global_batch_size == 2  # --set applies on top
     for restored, saved in zip(_leaves(chosen.model), _leaves(at_2), strict=True):
         np.testing.assert_array_equal(restored, saved)
 

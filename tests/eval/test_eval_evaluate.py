@@ -1,7 +1,8 @@
 """Batched evaluation (`jaxbiqa.eval.evaluate`) on a tiny random model and a small synthetic set:
 the fused program agrees with the rollout engine, shapes stay static across a padded last batch,
 the predictions follow the JSON-lines schema and `eval-predictions` reads them back to the same
-metrics, and sampled decoding is reproducible from its seed."""
+metrics, sampled decoding is reproducible from its seed, and images of two shapes keep their
+proportions with one compiled program per shape."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from eval_setup import TEST_IMAGES, model_folder, overrides, read_jsonl
+from PIL import Image
 from scipy import stats
 
 from jaxbiqa.cli import main
@@ -138,6 +140,38 @@ def test_single_pass_writes_the_image_rating_only(setup, tmp_path):
     rows = read_jsonl(result.predictions)
     assert len(rows) == 4 and not any("caption_score" in r or "reasoning_score" in r for r in rows)
     assert list(result.metrics["datasets"]["synthetic"]["columns"]) == ["overall_score"]
+
+
+def test_images_of_two_shapes_keep_their_proportions_and_compile_once_each(setup, tmp_path):
+    """Square and 4:3 crops of real photos in one evaluation: each is resized at its own proportions
+    (grids 8x8 and 6x8 patches at 12,544 pixels), batches hold one shape each (a short batch where
+    the shape changes), and the program compiles once per shape, never again."""
+    skimage_data = pytest.importorskip("skimage.data")
+    config, model, processor = setup
+    photos = {"astronaut": skimage_data.astronaut(), "coffee": skimage_data.coffee(), "chelsea": skimage_data.chelsea(),
+              "rocket": skimage_data.rocket()}
+    order = [("astronaut", 1), ("coffee", 1), ("chelsea", 1), ("coffee", 4 / 3), ("rocket", 4 / 3),
+             ("chelsea", 4 / 3), ("rocket", 1)]
+    with open(tmp_path / "index.jsonl", "w") as index:
+        for i, (name, aspect) in enumerate(order):
+            pixels = photos[name]
+            height = min(pixels.shape[0], int(pixels.shape[1] / aspect))
+            crop = Image.fromarray(pixels[:height, : int(height * aspect)])
+            crop.resize((224, 168) if aspect > 1 else (168, 168)).save(tmp_path / f"{i}_{name}.png")
+            index.write(json.dumps({"image": f"{i}_{name}.png", "dataset": "photos", "mos": 1 + i / 2}) + "\n")
+    data = dataclasses.replace(config.data, eval=(f"jsonl:{tmp_path / 'index.jsonl'}",), eval_split="",
+                               max_pixels=12_544, global_batch_size=2)
+    grids = {str(i): g.tolist() for b in eval_pipeline(data, processor) for i, g in zip(b["id"], b["image_grid_thw"])}
+    square, landscape = [1, 8, 8], [1, 6, 8]  # 112 x 112 and 112 wide x 84 high
+    assert list(grids.values()) == [square] * 3 + [landscape] * 3 + [square]
+    settings = EvalSettings(decoding="greedy", batch_size=2)
+    first = evaluate(model, processor, eval_pipeline(data, processor), tmp_path / "first", rollout=config.rollout,
+                     settings=settings)
+    assert [r["image"] for r in read_jsonl(first.predictions)] == list(grids)
+    assert first.metrics["compiles"] == 2  # 5 batches (2 short ones), one program per shape
+    again = evaluate(model, processor, eval_pipeline(data, processor), tmp_path / "again", rollout=config.rollout,
+                     settings=settings)
+    assert again.metrics["compiles"] == 0 and again.predictions.read_text() == first.predictions.read_text()
 
 
 def _batch(ids, mos, dataset="set"):

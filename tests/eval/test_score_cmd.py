@@ -10,6 +10,7 @@ from eval_setup import overrides, shared_root
 from PIL import Image
 
 from jaxbiqa.cli import main
+from jaxbiqa.eval.evaluate import Evaluator
 from jaxbiqa.eval.score_cmd import format_entries, read_images
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -20,7 +21,7 @@ def checkpoint():
     """The shared random model's Hugging Face folder and the overrides scoring needs."""
     root = shared_root()
     sets = [s for s in overrides(root / "model", root / "synthetic") if s.startswith(("rollout.", "data.max_pixels",
-                                                                                     "data.aspect", "model.dtype"))]
+                                                                                     "model.dtype"))]
     return root / "hf", sets
 
 
@@ -46,14 +47,18 @@ def test_scores_real_photographs_as_json_and_as_a_table(checkpoint, photos, tmp_
     assert main(_args(hf, sets, *map(str, photos), "--json", "--output", str(written))) == 0
     entries = json.loads(capsys.readouterr().out)
     assert [e["image"] for e in entries] == [str(p) for p in photos]
+    # each keeps its proportions at 3,136 pixels: the square photos 56x56, the 300x400 portrait 28x56
+    assert [e["size"] for e in entries] == ["56x56", "56x56", "28x56"]
     for entry in entries:
-        assert set(entry) == {"image", "caption", "reasoning", "rating", "caption_rating", "caption_think_rating",
-                              "completion"}
+        assert set(entry) == {"image", "size", "caption", "reasoning", "rating", "caption_rating",
+                              "caption_think_rating", "completion"}
         assert isinstance(entry["completion"], str) and entry["completion"]
         assert entry["rating"] is None or 1.0 <= entry["rating"] <= 5.0
     assert json.loads(written.read_text()) == entries
 
-    assert main(_args(hf, sets, *map(str, photos))) == 0  # the same compiled program: a readable table
+    compiled = Evaluator.compile_count()
+    assert main(_args(hf, sets, *map(str, photos))) == 0  # a readable table
+    assert Evaluator.compile_count() == compiled  # the two programs (one per image size) are reused
     table = capsys.readouterr().out
     assert table.startswith(f"{photos[0]}: rating ") and "\n  caption: " in table and "\n  reasoning: " in table
     assert all(f"\n{p}: rating " in table for p in photos[1:])

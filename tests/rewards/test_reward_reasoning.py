@@ -107,3 +107,20 @@ def test_bad_human_text_and_parameters() -> None:
         reasoning_reward(measure="f1")
     with pytest.raises(ValueError, match="text"):
         reasoning_reward(text="think")
+
+
+def test_authors_join_merges_unpunctuated_fields() -> None:
+    # method.md 8.6: "...overseas" + "The space..." -> "overseasthe" in the authors' reference
+    sample = {"description": "A trip overseas", "good_aspect": "The space is open.", "bad_aspect": "Noise"}
+    assert human_references(sample) == ["A trip overseas The space is open. Noise"]
+    assert human_references(sample, join="authors") == ["A trip overseasThe space is open.Noise"]
+    completion = ["overseas the space noise"]
+    # spaces: all 4 completion tokens are in the reference; the authors' join makes one token
+    # "overseasthe" of two ("open.Noise" still splits at the full stop): 2 of 4 match
+    np.testing.assert_allclose(reasoning_reward(floor=0.0)(completion, batch(sample)), [1.0])
+    authors = reasoning_reward(floor=0.0, join="authors")(completion, batch(sample))
+    expected = SCORER.score("A trip overseasThe space is open.Noise", completion[0])["rouge1"].precision
+    np.testing.assert_allclose(authors, [expected])
+    assert authors[0] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="join"):
+        reasoning_reward(join="comma")

@@ -46,8 +46,9 @@ def test_method_rewards_sum_their_components() -> None:
     total, parts = fn(TEXTS, BATCH)
     assert fn.labels == ("score", "self_consistency", "reasoning")
     assert total.dtype == np.float32 and total.shape == (4,)
-    np.testing.assert_allclose(parts["score"], score_reward()(TEXTS, BATCH))
-    np.testing.assert_allclose(parts["self_consistency"], self_consistency_reward()(TEXTS, BATCH))
+    strict = dict(strict=True, valid_range=None)  # the authors' parse (method.md 8.7)
+    np.testing.assert_allclose(parts["score"], score_reward(**strict)(TEXTS, BATCH))
+    np.testing.assert_allclose(parts["self_consistency"], self_consistency_reward(**strict)(TEXTS, BATCH))
     np.testing.assert_allclose(parts["reasoning"], reasoning_reward()(TEXTS, BATCH))
     np.testing.assert_allclose(total, sum(parts.values()), rtol=1e-6)
 
@@ -93,7 +94,7 @@ def test_clear_errors() -> None:
 
 
 def test_reward_params_lists_factory_keywords() -> None:
-    assert reward_params("reasoning") == ("measure", "text", "fields", "floor", "missing")
+    assert reward_params("reasoning") == ("measure", "text", "fields", "floor", "missing", "join")
     assert make_reward("score", kind="gaussian", sigma=0.1)(TEXTS[:1], {"mos_norm": [3.1]})[0] == 1.0
 
 

@@ -111,6 +111,52 @@ def test_evaluation_writes_readable_predictions(run):
     assert [r for r in lines if r["stage"] == "eval"][-1]["step"] == result.step
 
 
+def test_global_batch_sizes_must_divide_over_the_processes(tmp_path):
+    import dataclasses
+
+    config = tiny_config(tmp_path / "model", tmp_path / "data", tmp_path / "out")
+    four = dataclasses.replace(config.data, shard_index=0, shard_count=4)
+    with pytest.raises(ValueError, match=r"data.global_batch_size=2 does not divide over 4 processes"):
+        Trainer(dataclasses.replace(config, data=four))
+    with pytest.raises(ValueError, match=r"train.sft_batch_size=6 does not divide over 4 processes"):
+        Trainer(dataclasses.replace(config, data=dataclasses.replace(four, global_batch_size=4)),
+                train=TrainSection(sft_batch_size=6))
+
+
+def test_two_image_sizes_train_with_one_compile_per_size(tmp_path_factory):
+    """Square and 3:2 images (56x56 and 84x56 at 4,704 pixels): batches of one size each, vision plans
+    cached per (grid, images), and each program compiles once per size, never again."""
+    import dataclasses
+
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("sizes")
+    model_dir, data_dir = make_assets(root)
+    rng = np.random.default_rng(0)
+    with open(root / "index.jsonl", "w") as index:
+        for i in range(12):
+            size = (56, 56) if i % 2 else (84, 56)
+            Image.fromarray(rng.integers(0, 256, (56, size[0], 3), dtype=np.uint8)).save(root / f"{i}.png")
+            index.write(json.dumps({"image": f"{i}.png", "dataset": "toy", "mos_norm": 1 + i / 3,
+                                    "description": "a toy picture", "good_aspect": "sharp", "bad_aspect": "none"})
+                        + "\n")
+    config = tiny_config(model_dir, data_dir, root / "out")
+    config = dataclasses.replace(config, data=dataclasses.replace(
+        config.data, train=(f"jsonl:{root / 'index.jsonl'}",), train_split="", max_pixels=4704),
+        sft=dataclasses.replace(config.sft, steps=4))
+    trainer = Trainer(config, train=TrainSection(progress=False, eval_at_end=False, eval_after_sft=False,
+                                                 samples_every=0, tensorboard=False))
+    assert trainer.grpo_steps == 6  # 3 batches of 2 of each size
+    assert trainer.run().step == 4 + 6
+    lines = [json.loads(line) for line in (root / "out" / "train_log.jsonl").read_text().splitlines()]
+    sft, grpo = _stage(lines, "sft"), _stage(lines, "grpo")
+    assert sft[-1]["compile_count/update"] == grpo[-1]["compile_count/update"] == 2  # both sizes in each stage
+    for name in ("compile_count/update", "compile_count/rollout", "compile_count/logprobs"):
+        counts = [r[name] for r in grpo]
+        assert len(set(counts)) <= 2 and counts == sorted(counts), f"{name}: {counts}"  # one rise: the second size
+    assert sorted(trainer._images) == [((1, 4, 4), 2), ((1, 4, 6), 2)]
+
+
 def test_update_batch_scores_what_the_sampler_sampled(tmp_path_factory):
     """The GRPO update batch (prompts repeated per sample, M-RoPE positions, image features per
     row, completion mask) gives the sampled tokens the log-probs the sampler drew them with; a

@@ -37,8 +37,8 @@ def tiny_settings(model_dir: Path, data_dir: Path, output_dir: Path) -> dict:
         name="tiny", seed=0, output_dir=str(output_dir),
         model=ModelSection(path=str(model_dir), param_dtype="float32", dtype="float32", remat=False,
                            scan_layers=False),
-        data=DataSection(train=(f"synthetic:{data_dir}",), eval=(f"synthetic:{data_dir}",), batch_size=2,
-                         max_pixels=side, min_pixels=side, aspect=1.0, num_epochs=1, synthetic_num_photos=4,
+        data=DataSection(train=(f"synthetic:{data_dir}",), eval=(f"synthetic:{data_dir}",), global_batch_size=2,
+                         max_pixels=side, min_pixels=side, num_epochs=1, synthetic_num_photos=4,
                          synthetic_crop_size=IMAGE_SIDE, synthetic_crops_per_photo=1, synthetic_types_per_crop=1,
                          read_threads=1, prefetch_buffer_size=2),
         rollout=RolloutConfig(

@@ -243,3 +243,31 @@ def test_qwen2_5_vl_7b_headline():
     kv_values = 28 * 2 * 4 * 128 * 2 * 256 * 1536 // 16
     assert kv_values < result.kv_cache < kv_values * 1.01  # plus the padding mask
     assert result.fits
+
+
+README_PLAN = ("jaxbiqa plan qwen2.5-vl-7b --config humaniqa,qinsight_score,visualquality_r1 "
+               "--hardware v5p-32,8xh100-80gb,8xh200-141gb --markdown")
+
+
+def test_readme_memory_table_is_the_plan_of_the_recipes(capsys):
+    """The README's table is what `jaxbiqa plan --config` prints for the shipped recipes, as they are."""
+    from pathlib import Path
+
+    from jaxbiqa.config import load_config
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert README_PLAN in readme
+    assert main(README_PLAN.split()[1:]) == 0
+    table = capsys.readouterr().out.strip()
+    assert table in readme
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "(" in line]
+    assert len(rows) == 9
+    humaniqa = load_config("humaniqa")
+    assert humaniqa.model.param_dtype == "float32"  # the parameters column counts float32 master weights
+    assert main(["plan", "qwen2.5-vl-7b", "--config", "humaniqa", "--hardware", "8xh100-80gb", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["param_dtype"] == "float32" and row["dtype"] == "bfloat16"
+    assert row["workload"]["prompts"] == humaniqa.data.global_batch_size == 64
+    assert row["workload"]["samples"] == humaniqa.grpo.num_generations == 4
+    assert row["workload"]["new_tokens"] == humaniqa.rollout.pass1.max_new_tokens
+    assert row["parameters"] >= 4 * row["total_params"] // 8  # float32 master weights, fsdp over 8

@@ -5,10 +5,11 @@ runtime, data parallel across the processes). All three read the same global bat
 same samples, and end with the same logged metrics and parameters; the 2-process checkpoint
 restores in this single process.
 
-The 2-process run reads `data.batch_size=1` per process (the global batch of 2 of the others).
-The warm start's batch is 4 everywhere (2 per process) so that its rows divide the mesh's 4-way
-batch axes: rows that do not divide them get padded shardings inside the model, where XLA computes
-wrong embedding gradients (test_padded_rows.py).
+The three runs share one config, batch sizes included (`data.global_batch_size=2`,
+`train.sft_batch_size=4`: global counts, so each of the 2 processes reads half); only the runtime
+(mesh, processes) differs, and the step counts, losses and parameters must agree. The warm start's
+batch is 4 so that its rows divide the mesh's 4-way batch axes: rows that do not divide them get
+padded shardings inside the model, where XLA computes wrong embedding gradients (test_padded_rows.py).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from jaxbiqa.checkpoint import Checkpointer, restore_target  # noqa: E402
 from jaxbiqa.config import load_config  # noqa: E402
 from jaxbiqa.data.pipeline import ensure_synthetic  # noqa: E402
 from jaxbiqa.models.build import abstract_policy  # noqa: E402
-from jaxbiqa.rl.trainer import Trainer  # noqa: E402
+from jaxbiqa.rl.trainer import REFERENCE_ITEM, Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SFT_STEPS, GRPO_STEPS = 2, 2
@@ -40,9 +41,8 @@ FINAL = SFT_STEPS + GRPO_STEPS
 MESH = '{"data": 2, "fsdp": 2, "tensor": 2}'
 COMMON = ["train.max_steps=2", "train.sft_batch_size=4", "train.eval_after_sft=false", "train.samples_every=1",
           "train.samples_per_log=2", "train.tensorboard=false", "train.progress=false"]
-# per process: half of the single process's batches
-TWO_PROCESSES = ["data.batch_size=1", "train.sft_batch_size=2", 'runtime.mesh={"fsdp": 2, "tensor": 2}',
-                 'runtime.dcn_mesh={"data": 2}']
+# the same mesh as MESH, its data axis across the 2 processes; the batch sizes stay those of COMMON
+TWO_PROCESSES = ['runtime.mesh={"fsdp": 2, "tensor": 2}', 'runtime.dcn_mesh={"data": 2}']
 TIMINGS = ("_time", "_per_second")  # timings (and compile counters) are not results
 
 
@@ -138,16 +138,20 @@ def test_two_process_checkpoint_restores_in_one_process(runs):
     model = abstract_policy(config.model)
     step_fn = Trainer(config)._grpo_step_fn(model)
     abstract = step_fn.abstract_state(model)
-    target = restore_target({"train": abstract, "reference": abstract.params})  # one device
-    restored = {}
+    target = restore_target({"train": abstract})  # one device
+    restored, references = {}, {}
     for name in ("one", "two"):
         with Checkpointer(runs["root"] / name / "checkpoints") as checkpointer:
             restored[name] = checkpointer.restore(target, step=FINAL)
+            # the reference policy, saved once (collectively by the two processes) as GRPO started
+            references[name] = checkpointer.restore_item(REFERENCE_ITEM, restore_target(abstract.params))
     one, two = restored["one"], restored["two"]
     assert two.step == FINAL and jax.tree.structure(two.state) == jax.tree.structure(one.state)
     leaves = jax.tree.leaves(two.state)
     assert all(leaf.sharding == jax.sharding.SingleDeviceSharding(jax.devices()[0]) for leaf in leaves)
-    for got, expected in zip(leaves, jax.tree.leaves(one.state)):  # parameters, AdamW state, reference
+    for got, expected in zip(leaves, jax.tree.leaves(one.state)):  # parameters, AdamW state
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=0, atol=1e-5)
+    for got, expected in zip(jax.tree.leaves(references["two"]), jax.tree.leaves(references["one"]), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=0, atol=1e-5)
     np.testing.assert_array_equal(jax.random.key_data(two.key), jax.random.key_data(one.key))
     assert two.config["runtime"]["dcn_mesh"] == {"data": 2}

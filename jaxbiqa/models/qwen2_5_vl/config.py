@@ -68,11 +68,16 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
-    """Low-rank adapters on the decoder's projections (the method's defaults: r=8, alpha=16, dropout 0.1)."""
+    """Low-rank adapters on the decoder's projections (the method's defaults: r=8, alpha=16, dropout 0.1).
+
+    `param_dtype` is the adapters' own storage dtype, float32 by default whatever the base's: the
+    adapters are what trains, over a (typically bfloat16) frozen base.
+    """
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.1
     target_modules: tuple[str, ...] = LORA_TARGETS
+    param_dtype: DType = "float32"
 
     def __post_init__(self):
         if self.rank < 0 or not 0.0 <= self.dropout < 1.0:

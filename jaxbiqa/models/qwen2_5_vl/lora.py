@@ -1,8 +1,8 @@
 """LoRA-capable Linear, trainable-parameter filters and merging adapters into the base weights.
 
 `Linear` with rank 0 is a plain dense layer (`kernel [in, out]`, optional `bias`); with rank r it
-adds `lora_a [in, r]` and `lora_b [r, out]` (`nnx.LoRAParam`, B starts at zero so a fresh adapter
-leaves the model unchanged) and computes `x W + b + dropout(x) A B * alpha / r`. Dropout on the
+adds `lora_a [in, r]` and `lora_b [r, out]` (`nnx.LoRAParam` stored in `adapter_dtype`, float32 by
+default over a base of any dtype; B starts at zero so a fresh adapter leaves the model unchanged) and computes `x W + b + dropout(x) A B * alpha / r`. Dropout on the
 adapter branch is driven by an explicit key (no key: no dropout), which keeps the layer a pure
 function under jit, remat and scanned layers.
 """
@@ -30,7 +30,8 @@ lora_a_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 class Linear(nnx.Module):
     def __init__(self, in_features: int, out_features: int, *, axes: tuple[str, str], use_bias: bool,
                  rank: int = 0, alpha: float = 1.0, dropout: float = 0.0, dtype: jnp.dtype = jnp.float32,
-                 param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs, kernel_init=default_kernel_init):
+                 param_dtype: jnp.dtype = jnp.float32, adapter_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs,
+                 kernel_init=default_kernel_init):
         self.dtype = dtype
         self.rank = rank
         self.scaling = alpha / rank if rank else 0.0
@@ -38,9 +39,9 @@ class Linear(nnx.Module):
                                 out_sharding=axes)
         self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype), out_sharding=(axes[1],)) if use_bias else None
         if rank:
-            self.lora_a = nnx.LoRAParam(lora_a_init(rngs.params(), (in_features, rank), param_dtype),
+            self.lora_a = nnx.LoRAParam(lora_a_init(rngs.params(), (in_features, rank), adapter_dtype),
                                         out_sharding=(axes[0], "lora_rank"))
-            self.lora_b = nnx.LoRAParam(jnp.zeros((rank, out_features), param_dtype),
+            self.lora_b = nnx.LoRAParam(jnp.zeros((rank, out_features), adapter_dtype),
                                         out_sharding=("lora_rank", axes[1]))
             self.dropout = nnx.Dropout(dropout)
 

@@ -91,7 +91,10 @@ def _split_keys(key: jax.Array | None, n: int) -> list[jax.Array | None]:
 def _linear_factory(lora: LoraConfig | None, **kw):
     """Builder of the decoder's projections: plain Linears unless `lora` targets the module by name."""
     def make(name: str, n_in: int, n_out: int, axes: tuple[str, str], bias: bool) -> Linear:
-        adapter = dict(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout) if lora and lora.rank_for(name) else {}
+        adapter = {}
+        if lora and lora.rank_for(name):
+            adapter = dict(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
+                           adapter_dtype=jnp.dtype(lora.param_dtype))
         return Linear(n_in, n_out, axes=axes, use_bias=bias, **adapter, **kw)
     return make
 
