@@ -5,9 +5,11 @@ warm start then the method's two-pass GRPO, on a laptop CPU (2 cores) in about t
   1,536 tokens trained on the prompts and the synthetic annotations, and a config.json of
   hidden 96, 3 decoder layers (4 heads, 2 KV heads), a 2-block vision tower of width 64; ~0.85M
   parameters, float32, randomly initialised;
-* data: the synthetic distortion set (`data/synthetic_demo`, generated on first use) with 112 x 112
+* data: the synthetic distortion set (`data/synthetic_demo_v2`, generated on first use) with 112 x 112
   crops (64 patches, 16 visual tokens), 4 crops per photo and 3 distortion types per crop: 768
-  train / 256 test records, test photos disjoint from the train photos;
+  train records from 12 photos; evaluation on (a) `seen`, 384 records from 2 new crops of each
+  training photo with new distortion draws (the learning check), and (b) `test`, 256 records of
+  the 4 held-out photos (generalisation);
 * warm start: 400 steps of 16 records, each teaching pass 1 (image -> caption, think, answer)
   and pass 2 (caption -> think, answer), AdamW 3e-3 with cosine decay, vision tower trained;
 * GRPO: one epoch (48 steps of 16 images x G = 4 samples), the paper's rewards (score +
@@ -29,6 +31,7 @@ from jaxbiqa.rollout.options import RolloutConfig, SamplingConfig
 
 SIDE = 112  # image side in pixels: 8 x 8 patches of 14, 16 visual tokens after the 2 x 2 merge
 EOS = (IM_END_ID, ENDOFTEXT_ID)
+DATA = "data/synthetic_demo_v2"  # v2: with the `seen` split (sets generated before it lack it)
 
 
 def get_config() -> Config:
@@ -38,10 +41,10 @@ def get_config() -> Config:
         output_dir="runs/demo_cpu",
         model=ModelSection(path="demo:data/demo_model", param_dtype="float32", dtype="float32", remat=False,
                            scan_layers=False),
-        data=DataSection(train=("synthetic:data/synthetic_demo",), eval=("synthetic:data/synthetic_demo",),
+        data=DataSection(train=(f"synthetic:{DATA}",), eval=(f"synthetic:{DATA}",), eval_split="seen",
                          max_pixels=SIDE * SIDE, min_pixels=SIDE * SIDE, global_batch_size=16, num_epochs=1,
                          synthetic_crop_size=SIDE, synthetic_crops_per_photo=4, synthetic_types_per_crop=3,
-                         read_threads=2, prefetch_buffer_size=32),
+                         synthetic_seen_crops_per_photo=2, read_threads=2, prefetch_buffer_size=32),
         rollout=RolloutConfig(
             pass1=SamplingConfig(max_new_tokens=64, num_samples=4, stop_strings=("</answer>",), eos_token_ids=EOS,
                                  pad_token_id=ENDOFTEXT_ID),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from jaxbiqa.cli import main
-from jaxbiqa.demo import DEMO_CONFIG, SUMMARY
+from jaxbiqa.demo import DEMO_CONFIG, SETS, SUMMARY
 from jaxbiqa.demo_assets import DemoModelSpec, ensure_demo_model
 
 pytest.importorskip("skimage")
@@ -23,13 +23,14 @@ TINY = DemoModelSpec(hidden_size=64, intermediate_size=128, num_layers=2, num_he
 
 
 def tiny_overrides(root: Path) -> list[str]:
-    """The demo recipe at toy size: a 2-layer model, 18 training images of 56 x 56 pixels, 2 warm-start
-    steps, one GRPO epoch of 3 steps with 2 samples per prompt, short completions."""
+    """The demo recipe at toy size: a 2-layer model, 18 training images of 56 x 56 pixels (18 more of
+    new crops of their photos: set (a); 6 of a held-out photo: set (b)), 2 warm-start steps, one GRPO
+    epoch of 3 steps with 2 samples per prompt, short completions."""
     model = ensure_demo_model(root / "model", TINY)
     data = root / "synthetic"
     return [f"model.path={model}", "model.scan_layers=false", "model.remat=false",
             f'data.train=["synthetic:{data}"]', f'data.eval=["synthetic:{data}"]', "data.synthetic_num_photos=4",
-            "data.synthetic_crops_per_photo=1", "data.synthetic_types_per_crop=1", "data.synthetic_crop_size=56",
+            "data.synthetic_crops_per_photo=1", "data.synthetic_seen_crops_per_photo=1", "data.synthetic_types_per_crop=1", "data.synthetic_crop_size=56",
             "data.min_pixels=3136", "data.max_pixels=3136", "data.global_batch_size=6",
             "data.num_epochs=1", "sft.steps=2", "grpo.num_generations=2", "rollout.pass1.num_samples=2",
             "rollout.pass1.max_new_tokens=48", "rollout.pass2.max_new_tokens=16", "rollout.pass1.prompt_buckets=[128]",
@@ -44,18 +45,23 @@ def test_demo_runs_every_stage_and_reuses_finished_work(tmp_path, capsys):
         args += ["--set", assignment]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "held-out synthetic test split (greedy decoding):" in printed and "wall time:" in printed
+    assert all(f"{label} (greedy decoding):" in printed for label in SETS.values()) and "wall time:" in printed
 
     summary = json.loads((out / SUMMARY).read_text())
-    assert set(summary["figures"]["synthetic"]) == {"overall_score", "reasoning_score", "caption_score"}
-    assert summary["figures"]["synthetic"]["overall_score"]["n"] + \
-        summary["figures"]["synthetic"]["overall_score"]["n_invalid"] == 6  # the held-out photo's 6 images
+    assert set(summary["figures"]) == set(SETS)
+    for label, images in (("in_distribution", 18), ("unseen_photos", 6)):  # (a) new crops; (b) the held-out photo
+        assert set(summary["figures"][label]) == {"overall_score", "reasoning_score", "caption_score"}
+        image = summary["figures"][label]["overall_score"]
+        assert image["n"] + image["n_invalid"] == images
     assert len(summary["targets"]) == 4 and all(isinstance(v, bool) for v in summary["targets"].values())
+    assert summary["training"]["eval"]["sft"]["n"] == 18  # the warm start evaluated on set (a), beside GRPO's
+    assert set(summary["warm_start"]) == {"image", "caption"} and set(summary["grpo_gains"]) == {"image_srcc",
+                                                                                                "score_reward"}
     assert set(summary["wall_time_s"]) == {"data", "model", "training", "evaluation", "report", "total"}
     assert (out / "train_log.jsonl").is_file() and (out / "checkpoints").is_dir()
     assert "reward/total_mean" in summary["rewards"]
 
-    predictions = out / "eval" / "demo_greedy" / "predictions.jsonl"
+    predictions = out / "eval" / "demo_greedy" / "seen" / "predictions.jsonl"
     metrics = json.loads((predictions.parent / "metrics.json").read_text())
     back = tmp_path / "back.json"
     assert main(["eval-predictions", str(predictions), "--human", str(predictions.parent / "human.json"),
@@ -67,6 +73,7 @@ def test_demo_runs_every_stage_and_reuses_finished_work(tmp_path, capsys):
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert any("training" in link for link in links) and any("predictions" in link for link in links)
     assert all((report.parent / link).is_file() for link in links)
+    assert all(label in text for label in SETS)  # both sets, side by side
     assert Path(summary["html"]).is_file()
     capsys.readouterr()
 

@@ -31,6 +31,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--types-per-crop", type=int, default=defaults.synthetic_types_per_crop,
                        help="distortion types per crop, each at 5 levels")
     synth.add_argument("--test-fraction", type=float, default=0.25, help="share of photos held out as the test split")
+    synth.add_argument("--seen-crops-per-photo", type=int, default=defaults.synthetic_seen_crops_per_photo,
+                       help="new crops of each training photo for the `seen` split (0: none)")
     synth.add_argument("--no-clean", action="store_true", help="leave out the undistorted crops")
 
     build = sub.add_parser("build", help="read a dataset in its original layout and write a TFDS ArrayRecord dataset")
@@ -81,7 +83,7 @@ def _synth(args: argparse.Namespace) -> int:
         photos = photos[: args.num_photos]
     spec = SynthSpec(seed=args.seed, photos=photos, crops_per_photo=args.crops_per_photo, crop_size=args.crop_size,
                      types_per_crop=args.types_per_crop, include_clean=not args.no_clean,
-                     test_fraction=args.test_fraction)
+                     test_fraction=args.test_fraction, seen_crops_per_photo=args.seen_crops_per_photo)
     index = write_synthetic(args.out, spec)
     info = json.loads((index.parent / "info.json").read_text())
     print(f"wrote {info['count']} images ({info['splits']}) to {index.parent}; index: {index}")

@@ -54,6 +54,7 @@ class DataSection:
     synthetic_crop_size: int = 96
     synthetic_crops_per_photo: int = 3
     synthetic_types_per_crop: int = 2
+    synthetic_seen_crops_per_photo: int = 0  # new crops of the training photos: the `seen` split
 
     def __post_init__(self) -> None:
         problems = []

@@ -115,7 +115,8 @@ def ensure_synthetic(folder: str | os.PathLike, data: DataSection) -> str:
 
         spec = SynthSpec(seed=data.synthetic_seed, photos=PHOTO_NAMES[: data.synthetic_num_photos or None],
                          crops_per_photo=data.synthetic_crops_per_photo, crop_size=data.synthetic_crop_size,
-                         types_per_crop=data.synthetic_types_per_crop)
+                         types_per_crop=data.synthetic_types_per_crop,
+                         seen_crops_per_photo=data.synthetic_seen_crops_per_photo)
         log.info("no synthetic set in %s: generating it (%s)", folder, spec)
         write_synthetic(folder, spec)
     return index

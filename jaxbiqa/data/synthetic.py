@@ -4,8 +4,11 @@ train on real image content with no download.
 
 Construction (all deterministic given `SynthSpec.seed`):
 * photos: the real photographs listed in PHOTOS (grey ones are repeated to 3 channels); the
-  photos are shuffled once with the seed and the first `ceil(test_fraction * n)` form the test
-  split, so no photo (and no crop of it) is in both splits;
+  photos are shuffled once with the seed and the first `ceil(test_fraction * n)` form the `test`
+  split, so no photo (and no crop of it) is in both `train` and `test`: generalisation to unseen
+  content. The `seen` split (`seen_crops_per_photo` crops of each training photo, from an RNG
+  stream of its own: new windows, new distortion types, noise fields and blur directions) holds
+  images never trained on whose content was: the in-distribution check of what training learns;
 * crops: per photo, `crops_per_photo` random square windows of side between `crop_size` and
   `4 * crop_size` (bounded by the photo's shorter side), resized to `crop_size` with Lanczos;
 * distortions, in the spirit of KADID-10k, each at 5 levels: Gaussian blur, motion blur (random
@@ -245,6 +248,7 @@ class SynthSpec:
     distortions: tuple[str, ...] = DISTORTION_NAMES
     include_clean: bool = True
     test_fraction: float = 0.25
+    seen_crops_per_photo: int = 0  # crops per training photo for the `seen` split (0: no such split)
 
     def __post_init__(self) -> None:
         unknown = set(self.photos) - set(PHOTO_NAMES)
@@ -253,8 +257,10 @@ class SynthSpec:
         unknown = set(self.distortions) - set(DISTORTION_NAMES)
         if unknown:
             raise ValueError(f"unknown distortion(s) {sorted(unknown)}; available: {', '.join(DISTORTION_NAMES)}")
-        if not self.photos or self.crops_per_photo < 1 or self.crop_size < 28 or self.types_per_crop < 0:
-            raise ValueError(f"need at least one photo and crop, crop_size >= 28, types_per_crop >= 0: {self}")
+        if not self.photos or self.crops_per_photo < 1 or self.crop_size < 28 or self.types_per_crop < 0 \
+                or self.seen_crops_per_photo < 0:
+            raise ValueError("need at least one photo and crop, crop_size >= 28, types_per_crop >= 0 and "
+                             f"seen_crops_per_photo >= 0: {self}")
         if not 0.0 <= self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
 
@@ -299,30 +305,42 @@ def generate(spec: SynthSpec = SynthSpec(), progress: bool = False) -> list[Synt
     for photo_index, name in enumerate(photos):
         photo = by_name[name]
         pixels = load_photo(name)
-        rng = np.random.default_rng([spec.seed, photo_index])
-        split = "test" if name in testing else "train"
         usable = [d for d in chosen if photo.colour or d.name != "saturation"]
-        for crop_index in range(spec.crops_per_photo):
-            clean = _random_crop(pixels, spec.crop_size, rng)
-            crop_id = f"{name}_{crop_index:02d}"
-            picks = rng.choice(len(usable), size=min(spec.types_per_crop, len(usable)), replace=False)
-            ctx = {"angle": float(rng.uniform(0, math.pi)), "noise": rng.standard_normal(clean.shape)}
-            variants: list[tuple[Distortion | None, int]] = [(None, 0)] if spec.include_clean else []
-            variants += [(usable[i], level) for i in sorted(picks) for level in range(1, 6)]
-            floor = 1.0  # running minimum of SSIM over the levels of one distortion type
-            for distortion, level in variants:
-                if distortion is None:
-                    image, value = clean, 1.0
-                else:
-                    image = _to_uint8(distortion.apply(clean.astype(np.float64), level, ctx))
-                    value = ssim(clean, image)
-                    floor = value if level == 1 else min(floor, value)
-                image_id = f"{crop_id}_{distortion.name}_{level}" if distortion else f"{crop_id}_clean"
-                mos = quality_from_ssim(floor if distortion else 1.0)
-                record = make_record(id=image_id, image=f"images/{image_id}.png", dataset="synthetic", split=split,
-                                     mos=mos, mos_norm=mos, **annotate(photo, distortion, level, mos))
-                examples.append(SynthExample(record, image, distortion.name if distortion else "none", level,
-                                             value, crop_id))
+        held_out = name in testing
+        crops = [("test" if held_out else "train", spec.crops_per_photo, [spec.seed, photo_index], "")]
+        if not held_out and spec.seen_crops_per_photo:
+            crops.append(("seen", spec.seen_crops_per_photo, [spec.seed, photo_index, 1], "seen"))
+        for split, count, stream, tag in crops:
+            rng = np.random.default_rng(stream)
+            for crop_index in range(count):
+                crop_id = f"{name}_{tag}{crop_index:02d}"
+                examples += _crop_examples(photo, pixels, crop_id, split, usable, spec, rng)
+    return examples
+
+
+def _crop_examples(photo: Photo, pixels: np.ndarray, crop_id: str, split: str, usable: list[Distortion],
+                   spec: SynthSpec, rng: np.random.Generator) -> list[SynthExample]:
+    """One random crop of `pixels`: its clean version (when `include_clean`) and `types_per_crop`
+    distortion types drawn from `usable`, each at every level."""
+    clean = _random_crop(pixels, spec.crop_size, rng)
+    picks = rng.choice(len(usable), size=min(spec.types_per_crop, len(usable)), replace=False)
+    ctx = {"angle": float(rng.uniform(0, math.pi)), "noise": rng.standard_normal(clean.shape)}
+    variants: list[tuple[Distortion | None, int]] = [(None, 0)] if spec.include_clean else []
+    variants += [(usable[i], level) for i in sorted(picks) for level in range(1, 6)]
+    examples = []
+    floor = 1.0  # running minimum of SSIM over the levels of one distortion type
+    for distortion, level in variants:
+        if distortion is None:
+            image, value = clean, 1.0
+        else:
+            image = _to_uint8(distortion.apply(clean.astype(np.float64), level, ctx))
+            value = ssim(clean, image)
+            floor = value if level == 1 else min(floor, value)
+        image_id = f"{crop_id}_{distortion.name}_{level}" if distortion else f"{crop_id}_clean"
+        mos = quality_from_ssim(floor if distortion else 1.0)
+        record = make_record(id=image_id, image=f"images/{image_id}.png", dataset="synthetic", split=split,
+                             mos=mos, mos_norm=mos, **annotate(photo, distortion, level, mos))
+        examples.append(SynthExample(record, image, distortion.name if distortion else "none", level, value, crop_id))
     return examples
 
 
@@ -335,7 +353,7 @@ def write_synthetic(out_dir: str | Path, spec: SynthSpec = SynthSpec(), progress
         for example in examples:
             Image.fromarray(example.pixels).save(out / example.record["image"], "PNG")
             index.write(json.dumps(_json_safe(example.record), ensure_ascii=False) + "\n")
-    splits = {s: sum(e.record["split"] == s for e in examples) for s in ("train", "test")}
+    splits = {s: sum(e.record["split"] == s for e in examples) for s in ("train", "seen", "test")}
     info = {"spec": dataclasses.asdict(spec), "count": len(examples), "splits": splits,
             "test_photos": sorted(held_out_photos(spec)),
             "target": "mos = mos_norm = 1 + 4 * max(SSIM, 0) ** 2 against the clean crop",

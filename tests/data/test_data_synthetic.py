@@ -106,3 +106,25 @@ def test_writing_twice_gives_identical_files(tmp_path):
     write_synthetic(tmp_path / "a", spec, progress=False)
     write_synthetic(tmp_path / "b", spec, progress=False)
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
+
+
+def test_seen_split_is_new_images_of_the_training_photos(examples):
+    import dataclasses
+
+    spec = dataclasses.replace(SMALL, seen_crops_per_photo=1)
+    with_seen = generate(spec)
+    by_split = collections.defaultdict(list)
+    for e in with_seen:
+        by_split[e.record["split"]].append(e)
+    # train and test are what they were without the seen split
+    assert [e.record for e in with_seen if e.record["split"] != "seen"] == [e.record for e in examples]
+    photo_of = {e.crop: e.crop.rsplit("_", 1)[0] for e in with_seen}
+    train_photos = {photo_of[e.crop] for e in by_split["train"]}
+    assert {photo_of[e.crop] for e in by_split["seen"]} == train_photos  # content seen in training
+    per_crop = collections.Counter(e.crop for e in with_seen)  # a seen crop has the images a train crop has
+    assert {photo_of[c]: n for c, n in per_crop.items() if "seen" in c} == \
+        {photo_of[e.crop]: per_crop[e.crop] for e in by_split["train"]}
+    train_pixels = {hashlib.sha1(e.pixels.tobytes()).hexdigest() for e in by_split["train"]}
+    assert not any(hashlib.sha1(e.pixels.tobytes()).hexdigest() in train_pixels for e in by_split["seen"])
+    assert not {e.record["id"] for e in by_split["seen"]} & {e.record["id"] for e in examples}
+    assert [e.record for e in generate(spec)] == [e.record for e in with_seen]  # deterministic
