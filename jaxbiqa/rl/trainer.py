@@ -479,17 +479,19 @@ class Trainer:
                    resumed: bool) -> nnx.State:
         """The reference policy's trainable-shaped parameters: the policy as GRPO starts (the
         frozen part is `state.frozen`). LoRA adapters are zeros; any other trainable parameters are
-        their values at the start of GRPO: copied from `state` when it starts (and saved once as
-        `<checkpoints>/reference` unless `model.path` holds them), rebuilt from there on resume."""
+        their values at the start of GRPO: `TrainStep.reference_params` when it starts (saved once
+        as `<checkpoints>/reference` unless `model.path` holds them), rebuilt from there on resume."""
+        from_model = self._reference_from_model_path()
+        if not resumed:
+            reference = step_fn.reference_params(state)
+            _, rest = reference.split(nnx.LoRAParam, ...)
+            if jax.tree.leaves(rest) and not from_model:  # full fine-tuning, or a trainable vision tower
+                checkpointer.save_item(REFERENCE_ITEM, rest)
+                log.info("saved the reference policy in %s", checkpointer.directory / REFERENCE_ITEM)
+            return reference
         adapters, rest = state.params.split(nnx.LoRAParam, ...)
-        if jax.tree.leaves(rest):  # full fine-tuning, or LoRA with a trainable vision tower
-            from_model = self._reference_from_model_path()
-            if not resumed:
-                rest = jax.tree.map(jnp.copy, rest)  # the steps donate `state`'s arrays
-                if not from_model:
-                    checkpointer.save_item(REFERENCE_ITEM, rest)
-                    log.info("saved the reference policy in %s", checkpointer.directory / REFERENCE_ITEM)
-            elif from_model:
+        if jax.tree.leaves(rest):
+            if from_model:
                 rest = self._initial_params(step_fn, rest)
                 log.info("reloaded the reference policy from model.path")
             elif checkpointer.has_item(REFERENCE_ITEM):
