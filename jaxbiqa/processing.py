@@ -191,27 +191,29 @@ def load_image(image: ImageLike) -> Image.Image:
 
 # ------------------------------------------------------------------------------------------ batches
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, length: int | None = None,
-             multiple_of: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """`(input_ids, attention_mask)` int32 [B, T], sequences right-aligned.
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, length: int | None = None, multiple_of: int = 1, *,
+             left: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """`(ids, mask)` int32 [B, T]: token rows right-aligned (`left=True`: prompts) or left-aligned
+    (completions), the rest `pad_id` with mask 0.
 
-    T is `length` when given (a sequence longer than it raises), else the longest sequence,
-    rounded up to a multiple of `multiple_of` (static-shape buckets).
+    T is `length` when given (a row longer than it raises), else the longest row, rounded up to a
+    multiple of `multiple_of` (static-shape buckets).
     """
-    if not sequences:
-        raise ValueError("no sequences to pad")
-    longest = max(len(s) for s in sequences)
+    if not rows:
+        raise ValueError("no rows to pad")
+    longest = max(len(r) for r in rows)
     if length is None:
         length = longest
     elif longest > length:
-        raise ValueError(f"a prompt has {longest} tokens, more than the padded length {length}")
+        row = next(i for i, r in enumerate(rows) if len(r) == longest)
+        raise ValueError(f"row {row} has {longest} tokens, more than the padded length {length}")
     length = -(-length // multiple_of) * multiple_of
-    ids = np.full((len(sequences), length), pad_id, dtype=np.int32)
-    mask = np.zeros((len(sequences), length), dtype=np.int32)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, length - len(seq):] = seq
-            mask[row, length - len(seq):] = 1
+    ids = np.full((len(rows), length), pad_id, dtype=np.int32)
+    mask = np.zeros((len(rows), length), dtype=np.int32)
+    for i, row in enumerate(rows):
+        if len(row):
+            where = slice(length - len(row), length) if left else slice(0, len(row))
+            ids[i, where], mask[i, where] = row, 1
     return ids, mask
 
 
@@ -279,7 +281,7 @@ class Processor:
     def encode(self, texts: Sequence[str], length: int | None = None, multiple_of: int = 1) -> dict[str, np.ndarray]:
         """Tokenize rendered prompts (no special tokens added) into a left-padded batch."""
         ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        input_ids, attention_mask = left_pad(ids, self.pad_token_id, length, multiple_of)
+        input_ids, attention_mask = pad_rows(ids, self.pad_token_id, length, multiple_of)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def images(self, images: Sequence[ImageLike], resize: bool = True) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from jaxbiqa import prompts
 from jaxbiqa.processing import (
-    CHAT_TEMPLATE, DEFAULT_MAX_PIXELS, Processor, build_qwen2_5_tokenizer, left_pad, load_image, load_tokenizer,
+    CHAT_TEMPLATE, DEFAULT_MAX_PIXELS, Processor, build_qwen2_5_tokenizer, load_image, load_tokenizer, pad_rows,
     make_image_processor)
 
 METHOD_MD = Path(__file__).resolve().parents[2] / "shared" / "docs" / "method.md"
@@ -183,10 +183,15 @@ def test_batches_are_left_padded(processor):
         processor.pass2(captions, length=10)
 
 
-def test_left_pad_rows():
-    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+def test_pad_rows_on_either_side():
+    ids, mask = pad_rows([[5, 6, 7], [8]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert ids.dtype == mask.dtype == np.int32
+    ids, mask = pad_rows([[5, 6], [8], []], pad_id=9, length=3, left=False)
+    assert ids.tolist() == [[5, 6, 9], [8, 9, 9], [9, 9, 9]] and mask.tolist() == [[1, 1, 0], [1, 0, 0], [0, 0, 0]]
+    assert pad_rows([[1, 2, 3]], 0, multiple_of=4)[0].shape == (1, 4)
+    with pytest.raises(ValueError, match="row 1 has 5 tokens, more than the padded length 4"):
+        pad_rows([[1], [1, 2, 3, 4, 5]], 0, 4)
 
 
 def test_pixel_budget(processor):

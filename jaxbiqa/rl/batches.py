@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbiqa.processing import pad_rows
 from jaxbiqa.rl.losses import LossTerms
 from jaxbiqa.rl.step import LossFn, pack_batch
 from jaxbiqa.rollout.batch import PromptBatch, prepare_prompts
-from jaxbiqa.sft.loss import pad_sequences
 
 PASS2 = "pass2_"
 
@@ -97,7 +97,7 @@ def encode_completions(texts: Sequence[str], encode: Callable[[str], list[int]],
         if len(ids) > length:
             ids, cut = ids[:length], cut + 1
         rows.append(ids)
-    ids, valid = pad_sequences(rows, length, eos_id, left=False)
+    ids, valid = pad_rows(rows, eos_id, length, left=False)
     return ids, valid, cut
 
 
@@ -113,7 +113,7 @@ def sft_pass1(prompts: PromptBatch, completions: np.ndarray, valid: np.ndarray, 
 def text_rows(model_config, prompts: Sequence[Sequence[int]], completions: np.ndarray, valid: np.ndarray,
               eos_ids: Sequence[int], prompt_length: int, pad_id: int) -> dict[str, np.ndarray]:
     """Text-only rows (pass 2): prompts left-padded to `prompt_length`, plain layout."""
-    ids, mask = pad_sequences(prompts, prompt_length, pad_id, left=True)
+    ids, mask = pad_rows(prompts, pad_id, prompt_length)
     text = prepare_prompts(model_config, ids, mask, buckets=(prompt_length,), pad_token_id=pad_id)
     return pack_batch(text.input_ids, text.attention_mask, completions, eos_ids=eos_ids, completion_valid=valid)
 

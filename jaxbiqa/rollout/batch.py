@@ -12,7 +12,7 @@ import numpy as np
 from jaxbiqa.models.qwen2_5_vl.config import ModelConfig
 from jaxbiqa.models.qwen2_5_vl.rope import get_rope_index
 from jaxbiqa.models.qwen2_5_vl.vision import VisionPlan, vision_plan
-from jaxbiqa.processing import left_pad
+from jaxbiqa.processing import pad_rows
 
 
 class PromptBatch(NamedTuple):
@@ -60,7 +60,7 @@ def prepare_prompts(config: ModelConfig, input_ids, attention_mask=None, pixel_v
     if empty:
         raise ValueError(f"prompt rows {empty} have no tokens (attention_mask is all zero)")
     width = pick_bucket(max(map(len, rows)), buckets)
-    ids, mask = left_pad(rows, pad_token_id, width)
+    ids, mask = pad_rows(rows, pad_token_id, width)
     if (pixel_values is None) != (image_grid_thw is None):
         raise ValueError("pixel_values and image_grid_thw go together: pass both or neither")
     grid = None if image_grid_thw is None else np.asarray(image_grid_thw)

@@ -23,7 +23,7 @@ from flax import nnx
 
 from jaxbiqa.distributed import fetch
 from jaxbiqa.models.qwen2_5_vl.rope import text_positions
-from jaxbiqa.processing import left_pad
+from jaxbiqa.processing import pad_rows
 from jaxbiqa.rollout.batch import PromptBatch
 from jaxbiqa.rollout.options import RolloutConfig, SamplingConfig
 from jaxbiqa.rollout.pass2 import SpliceTables, caption_prompts, splice_prompts, splice_tables
@@ -109,7 +109,7 @@ class Rollout:
             texts = completion_texts(first, self.decode)
             rows, has_caption = caption_prompts(texts, self.render, self.encode, self.config.caption_until,
                                                 self.max_caption)
-            text_only = self.pass2.prepare(model, *left_pad(rows, self.config.pass2.pad_token_id))
+            text_only = self.pass2.prepare(model, *pad_rows(rows, self.config.pass2.pad_token_id))
             ids, mask = text_only.input_ids, text_only.attention_mask
             second = fetch(self.pass2(model, text_only, key2))
         return RolloutResult(first, texts, np.asarray(has_caption), np.asarray(ids), np.asarray(mask), second,

@@ -7,7 +7,7 @@ from conftest import (IMAGE_TOKEN, PAD, VISION_END, VISION_START, load_torch_wei
 from flax import nnx
 
 from jaxbiqa.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration, from_hf
-from jaxbiqa.processing import left_pad
+from jaxbiqa.processing import pad_rows
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.parity
@@ -22,7 +22,7 @@ CONFIGS = {
 
 
 def _left_pad(rows):
-    return tuple(a.astype(np.int64) for a in left_pad(rows, PAD))
+    return tuple(a.astype(np.int64) for a in pad_rows(rows, PAD))
 
 
 def _image_tokens(grid):

@@ -6,7 +6,7 @@ from conftest import IMAGE_TOKEN, PAD, VISION_END, VISION_START, tiny_hf_config
 
 from jaxbiqa.models.qwen2_5_vl.config import from_hf
 from jaxbiqa.models.qwen2_5_vl.rope import get_rope_index, mrope_cos_sin, text_positions
-from jaxbiqa.processing import left_pad
+from jaxbiqa.processing import pad_rows
 
 
 def _image(grid, merge=2):
@@ -14,7 +14,7 @@ def _image(grid, merge=2):
 
 
 def _left_pad(rows):
-    return tuple(a.astype(np.int64) for a in left_pad(rows, PAD))
+    return tuple(a.astype(np.int64) for a in pad_rows(rows, PAD))
 
 
 CASES = {

@@ -7,11 +7,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
-from jaxbiqa.rl.options import OptimSection, SFTSection
-from jaxbiqa.sft import make_sft_step, pad_sequences, sft_batch, sft_loss
+from jaxbiqa.models.qwen2_5_vl import trainable_filter
+from jaxbiqa.processing import pad_rows
+from jaxbiqa.rl.options import OptimSection
+from jaxbiqa.rl.step import TrainStep, pack_batch
+from jaxbiqa.sft import sft_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rl"))
 from tiny_models import EOS, PAD, random_model, tiny_config  # noqa: E402
@@ -25,24 +27,25 @@ def _examples(rows=8, seed=0):
     return prompts, completions
 
 
+def sft_batch(prompts, completions, *, prompt_length, completion_length):
+    """The trainer's text SFT layout: prompts left-padded, completions (ending with EOS) right-padded."""
+    prompt_ids, prompt_mask = pad_rows(prompts, PAD, prompt_length)
+    completion_ids, valid = pad_rows(completions, PAD, completion_length, left=False)
+    return pack_batch(prompt_ids, prompt_mask, completion_ids, eos_ids=EOS, completion_valid=valid)
+
+
 def test_batch_masks_prompt_and_padding():
-    batch = sft_batch([[5, 6, 7], [8]], [[9, EOS], [10, 11, EOS]], prompt_length=4, completion_length=4,
-                      pad_id=PAD, eos_ids=EOS)
+    batch = sft_batch([[5, 6, 7], [8]], [[9, EOS], [10, 11, EOS]], prompt_length=4, completion_length=4)
     np.testing.assert_array_equal(batch["input_ids"], [[PAD, 5, 6, 7, 9, EOS, PAD, PAD],
                                                        [PAD, PAD, PAD, 8, 10, 11, EOS, PAD]])
     np.testing.assert_array_equal(batch["completion_mask"], [[1, 1, 0, 0], [1, 1, 1, 0]])
     np.testing.assert_array_equal(batch["attention_mask"], [[0, 1, 1, 1, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1, 1, 0]])
     np.testing.assert_array_equal(batch["positions"][0], [[0, 0, 1, 2, 3, 4, 0, 0], [0, 0, 0, 0, 1, 2, 3, 0]])
-    with pytest.raises(ValueError, match="row 1 has 5 tokens"):
-        pad_sequences([[1], [1, 2, 3, 4, 5]], 4, PAD, left=True)
-    with pytest.raises(ValueError, match="2 prompts but 1 completions"):
-        sft_batch([[1], [2]], [[3]], prompt_length=2, completion_length=2, pad_id=PAD, eos_ids=EOS)
 
 
 def test_loss_is_mean_nll_of_completion_tokens():
     model = random_model(tiny_config())
-    batch = {k: jnp.asarray(v) for k, v in sft_batch(*_examples(4), prompt_length=5, completion_length=6,
-                                                      pad_id=PAD, eos_ids=EOS).items()}
+    batch = {k: jnp.asarray(v) for k, v in sft_batch(*_examples(4), prompt_length=5, completion_length=6).items()}
 
     @nnx.jit
     def both(model, batch):
@@ -60,14 +63,14 @@ def test_loss_is_mean_nll_of_completion_tokens():
 
 def test_sft_lowers_the_loss_on_a_fixed_batch():
     model = random_model(tiny_config(), scale=0.05)
-    section = SFTSection(steps=40, optim=OptimSection(learning_rate=3e-3, schedule="constant", freeze_vision=True,
-                                                     micro_batch_size=4))
-    step = make_sft_step(model, section, chunk_size=8)
+    optim, steps = OptimSection(learning_rate=3e-3, schedule="constant", freeze_vision=True, micro_batch_size=4), 40
+    step = TrainStep(model, sft_loss(8), optim, steps, trainable=trainable_filter(lora=False, freeze_vision=True),
+                     logprob_chunk_size=8)
     assert all(p[0] != "visual" for p, _ in nnx.to_flat_state(step.init(model, copy=True).params))
-    batch = sft_batch(*_examples(8), prompt_length=5, completion_length=6, pad_id=PAD, eos_ids=EOS)
+    batch = sft_batch(*_examples(8), prompt_length=5, completion_length=6)
     state = step.init(model)
     losses = []
-    for i in range(section.steps):
+    for i in range(steps):
         state, metrics = step(state, batch, jax.random.key(i))
         losses.append(float(metrics["loss"]))
     assert step.compile_count == 1 and int(state.skipped) == 0
