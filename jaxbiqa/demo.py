@@ -94,7 +94,7 @@ def train(config, progress: bool = True) -> dict[str, Any]:
 def evaluate_run(out_dir: Path, decoding: str, progress: bool, split: str) -> tuple[Path, dict]:
     """Evaluate the run's latest checkpoint on `split` of its eval data (reused when already done
     for that step)."""
-    from jaxbiqa.eval.eval_cmd import find_checkpoint, load_policy
+    from jaxbiqa.eval.policy import find_checkpoint, load_policy
     from jaxbiqa.eval.evaluate import METRICS_FILE, EvalSettings, count_records, eval_pipeline, evaluate
 
     folder = out_dir / EVAL_DIR / f"demo_{decoding}" / split

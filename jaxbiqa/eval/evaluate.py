@@ -49,7 +49,7 @@ from jaxbiqa.distributed import fetch
 from jaxbiqa.eval.alignment import HUMAN_FIELDS, human_reference, rouge1_alignment
 from jaxbiqa.eval.metrics import INVALID_SENTINEL, OnInvalid, gap, iqa_metrics
 from jaxbiqa.eval.predictions import SCORE_COLUMNS, json_safe
-from jaxbiqa.eval.predictions_cmd import is_lower_is_better
+from jaxbiqa.eval.metrics import is_lower_is_better
 from jaxbiqa.models.qwen2_5_vl.rope import text_positions
 from jaxbiqa.rewards.parse import parse_rating, split_caption, tag_content
 from jaxbiqa.rollout.batch import PromptBatch, prepare_prompts
@@ -191,7 +191,7 @@ class Evaluator:
 
 # ---------------------------------------------------------------- host side: batches and records
 
-def pad_rows(batch: Mapping[str, Any], size: int) -> tuple[dict[str, np.ndarray], int]:
+def fill_batch(batch: Mapping[str, Any], size: int) -> tuple[dict[str, np.ndarray], int]:
     """`batch` grown to `size` rows with copies of its last row; returns it and the real row count."""
     rows = len(next(iter(batch.values())))
     if rows > size:
@@ -385,7 +385,7 @@ def evaluate(model, processor, batches: Iterable[Mapping[str, np.ndarray]], out_
     base_key = jax.random.key(settings.seed)
     compiles = Evaluator.compile_count()
     for index, batch, rows in _limited(batches, settings, total, "evaluate"):
-        full, _ = pad_rows(batch, settings.batch_size)
+        full, _ = fill_batch(batch, settings.batch_size)
         out = evaluator(model, evaluator.prepare(model, full), jax.random.fold_in(base_key, index))
         for record in prediction_rows(full, out, rows, settings.strict_parse):
             writer.add(record)

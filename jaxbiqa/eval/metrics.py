@@ -21,6 +21,7 @@ dropped (`on_invalid="drop"`) or replaced by `fill_value` (`on_invalid="fill"`; 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -168,6 +169,18 @@ def iqa_metrics(
         srcc=srcc, plcc=plcc, krcc=krcc, rmse=rmse, plcc_logistic=plcc_logistic,
         rmse_logistic=rmse_logistic, logistic_params=fit.params, notes=notes, **common,
     )
+
+
+# datasets whose target is lower-is-better (DMOS) when their name contains one of these words
+AUTO_LOWER_IS_BETTER = ("csiq",)
+
+
+def is_lower_is_better(dataset: str, explicit: Sequence[str] = ()) -> bool:
+    """Whether `dataset`'s target is lower-is-better: named in `explicit`, or its name (split on
+    non-alphanumerics, case-insensitive) contains a word of AUTO_LOWER_IS_BETTER."""
+    if dataset.lower() in {name.lower() for name in explicit}:
+        return True
+    return any(token in AUTO_LOWER_IS_BETTER for token in re.split(r"[^a-z0-9]+", dataset.lower()))
 
 
 def gap(image: IQAMetrics, caption: IQAMetrics) -> dict[str, float]:

@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
 from jaxbiqa.eval.alignment import load_human_texts, rouge1_alignment
-from jaxbiqa.eval.metrics import INVALID_SENTINEL, gap, iqa_metrics
+from jaxbiqa.eval.metrics import INVALID_SENTINEL, gap, iqa_metrics, is_lower_is_better
 from jaxbiqa.eval.predictions import COLUMN_LABELS, PredictionFormatError, json_safe, load_predictions
 
-AUTO_LOWER_IS_BETTER = ("csiq",)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -50,12 +48,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="value for --on-invalid fill (default: -1, as the authors)",
     )
     parser.add_argument("--logistic", action="store_true", help="also PLCC / RMSE after the 4-parameter logistic fit")
-
-
-def is_lower_is_better(dataset: str, explicit: list[str]) -> bool:
-    if dataset.lower() in {name.lower() for name in explicit}:
-        return True
-    return any(token in AUTO_LOWER_IS_BETTER for token in re.split(r"[^a-z0-9]+", dataset.lower()))
 
 
 def _labels(paths: list[str]) -> list[str]:

@@ -30,8 +30,8 @@ import numpy as np
 
 from jaxbiqa.config import ConfigError
 from jaxbiqa.data.records import BadRecordError
-from jaxbiqa.eval.eval_cmd import (CheckpointError, add_checkpoint_arguments, add_decoding_arguments, load_policy,
-                                   settings_from_args)
+from jaxbiqa.eval.eval_cmd import add_checkpoint_arguments, add_decoding_arguments, settings_from_args
+from jaxbiqa.eval.policy import CheckpointError, load_policy
 from jaxbiqa.eval.predictions import json_safe
 
 DEMO_RUN = Path("runs") / "demo"  # `jaxbiqa demo`'s output directory
@@ -60,7 +60,7 @@ def score_images(model, processor, images: Sequence[np.ndarray], names: Sequence
 
     from jaxbiqa.data.images import resize_image, resized_size
     from jaxbiqa.data.pipeline import Pass1Preprocess, collate
-    from jaxbiqa.eval.evaluate import Evaluator, completion_parts, pad_rows
+    from jaxbiqa.eval.evaluate import Evaluator, completion_parts, fill_batch
     from jaxbiqa.rewards.parse import parse_rating
 
     evaluator = Evaluator(processor, rollout, model.config.text.vocab_size, settings)
@@ -75,7 +75,7 @@ def score_images(model, processor, images: Sequence[np.ndarray], names: Sequence
     entries: list[dict[str, Any]] = [{} for _ in images]
     for index, chunk in enumerate(chunks):
         batch = collate([preprocess(resize_image(images[i], sizes[i])) for i in chunk])
-        full, _ = pad_rows(batch, settings.batch_size)
+        full, _ = fill_batch(batch, settings.batch_size)
         out = evaluator(model, evaluator.prepare(model, full), jax.random.fold_in(base_key, index))
         for i, position in enumerate(chunk):
             text = out.pass1_texts[i]

@@ -23,7 +23,7 @@ from jaxbiqa.cli import main
 from jaxbiqa.config import load_config
 from jaxbiqa.eval.evaluate import (
     BatchOutput, EvalSettings, Evaluator, PredictionWriter, completion_parts, eval_pipeline, evaluate,
-    evaluate_qalign, pad_rows, prediction_rows)
+    evaluate_qalign, fill_batch, prediction_rows)
 from jaxbiqa.eval.qalign import qalign_scores
 from jaxbiqa.models.qwen2_5_vl import ModelConfig, Qwen2_5_VLForConditionalGeneration, TextConfig, VisionConfig
 from jaxbiqa.processing import Processor, build_qwen2_5_tokenizer, load_tokenizer, make_image_processor
@@ -76,7 +76,7 @@ def test_fused_evaluation_matches_the_rollout_engine(setup):
     config, model, processor = setup
     settings = EvalSettings(decoding="greedy", batch_size=4)
     evaluator = Evaluator(processor, config.rollout, model.config.text.vocab_size, settings)
-    batch, _ = pad_rows(first_batch(config, processor), 4)
+    batch, _ = fill_batch(first_batch(config, processor), 4)
     key = jax.random.key(3)
     out = evaluator(model, evaluator.prepare(model, batch), key)
     assert len(out.pass1_texts) == len(out.caption_texts) == len(out.reasoning_texts) == 4
@@ -237,12 +237,12 @@ def test_metrics_of_parseable_ratings_read_back_the_same(tmp_path):
     assert json.loads(out_json.read_text())["models"][0]["datasets"] == {"set": entry}
 
 
-def test_pad_rows_and_completion_parts():
+def test_fill_batch_and_completion_parts():
     batch = {"a": np.arange(3), "b": np.asarray(["x", "y", "z"])}
-    padded, rows = pad_rows(batch, 5)
+    padded, rows = fill_batch(batch, 5)
     assert rows == 3 and padded["a"].tolist() == [0, 1, 2, 2, 2] and padded["b"].tolist()[-1] == "z"
     with pytest.raises(ValueError, match="exceeds the evaluation batch size 2"):
-        pad_rows(batch, 2)
+        fill_batch(batch, 2)
     parts = completion_parts(_completion(3.5, caption="blurry cat"))
     assert parts == {"caption": "blurry cat", "reasoning": "sharp", "rating": 3.5}
     bare = completion_parts("a dark photo <think> too dark </think><answer>2</answer>")

@@ -8,7 +8,7 @@ import pytest
 
 from jaxbiqa.cli import main
 from jaxbiqa.eval import SAMPLES_DIR
-from jaxbiqa.eval.predictions_cmd import is_lower_is_better
+from jaxbiqa.eval.metrics import is_lower_is_better
 
 
 def _row(printed: str, dataset: str, label: str) -> list[str]:
