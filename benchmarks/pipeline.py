@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jaxbiqa.data.options import DataSection
+from jaxbiqa.config import DataSection
 from jaxbiqa.data.pipeline import Pass1Preprocess, make_pipeline
 
 

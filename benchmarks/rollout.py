@@ -26,7 +26,7 @@ import torch
 from common import GRID, median_seconds, special_tokens, torch_vl_model
 
 from jaxbiqa.models.qwen2_5_vl import from_pretrained
-from jaxbiqa.rollout import Sampler, SamplingConfig
+from jaxbiqa.rollout import Sampler, SamplingSection
 
 TOP_K = 50
 
@@ -85,7 +85,7 @@ def main() -> None:
                                      max_new_tokens=n, pad_token_id=special.pad)
         assert out.shape == (b * g, ids.shape[1] + n)
 
-    config = SamplingConfig(max_new_tokens=n, num_samples=g, top_k=TOP_K, eos_token_ids=(), pad_token_id=special.pad)
+    config = SamplingSection(max_new_tokens=n, num_samples=g, top_k=TOP_K, eos_token_ids=(), pad_token_id=special.pad)
     shared = Sampler(config)
     batch = shared.prepare(model, ids, mask, pixels, grids)
     repeated = Sampler(config.replace(num_samples=1))

@@ -34,7 +34,7 @@ from jaxbiqa.models.qwen2_5_vl import (
     VisionConfig,
     trainable_filter,
 )
-from jaxbiqa.rl.options import GRPOSection, OptimSection
+from jaxbiqa.config import GRPOSection, OptimSection
 from jaxbiqa.rl.step import TrainStep, grpo_loss, pack_batch
 
 VOCAB, PAD, EOS = 4096, 4003, 4004

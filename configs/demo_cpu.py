@@ -30,11 +30,10 @@ patches merged 4 x 4 learn faster as direct regressors (set (a) 0.68 vs 0.57 aft
 so the recipe keeps this tower.
 """
 
-from jaxbiqa.config import Config, ModelSection, RewardsSection
-from jaxbiqa.data.options import DataSection
+from jaxbiqa.config import (
+    CheckpointSection, Config, DataSection, GRPOSection, ModelSection, OptimSection, RewardsSection, RolloutSection,
+    SFTSection, SamplingSection)
 from jaxbiqa.demo_assets import ENDOFTEXT_ID, IM_END_ID
-from jaxbiqa.rl.options import CheckpointSection, GRPOSection, OptimSection, SFTSection
-from jaxbiqa.rollout.options import RolloutConfig, SamplingConfig
 
 SIDE = 112  # image side in pixels: 8 x 8 patches of 14, 16 visual tokens after the 2 x 2 merge
 EOS = (IM_END_ID, ENDOFTEXT_ID)
@@ -52,10 +51,10 @@ def get_config() -> Config:
                          max_pixels=SIDE * SIDE, min_pixels=SIDE * SIDE, global_batch_size=16, num_epochs=1,
                          synthetic_crop_size=SIDE, synthetic_crops_per_photo=4, synthetic_types_per_crop=3,
                          synthetic_seen_crops_per_photo=2, read_threads=2, prefetch_buffer_size=32),
-        rollout=RolloutConfig(
-            pass1=SamplingConfig(max_new_tokens=64, num_samples=4, stop_strings=("</answer>",), eos_token_ids=EOS,
+        rollout=RolloutSection(
+            pass1=SamplingSection(max_new_tokens=64, num_samples=4, stop_strings=("</answer>",), eos_token_ids=EOS,
                                  pad_token_id=ENDOFTEXT_ID),
-            pass2=SamplingConfig(max_new_tokens=28, num_samples=1, stop_strings=("</answer>",), eos_token_ids=EOS,
+            pass2=SamplingSection(max_new_tokens=28, num_samples=1, stop_strings=("</answer>",), eos_token_ids=EOS,
                                  pad_token_id=ENDOFTEXT_ID)),
         rewards=RewardsSection(),
         grpo=GRPOSection(num_generations=4, beta=1e-3, max_completion_length=64, logprob_chunk_size=64),

@@ -33,10 +33,9 @@ writes (`runs/qinsight_score/policy`, a Hugging Face Qwen2.5-VL-7B folder), the 
 and the KonIQ-10k images and labels. `optim.micro_batch_size` counts rows per accumulation step.
 """
 
-from jaxbiqa.config import Config, ModelSection, RewardsSection
-from jaxbiqa.data.options import DataSection
-from jaxbiqa.rl.options import CheckpointSection, GRPOSection, OptimSection, SFTSection
-from jaxbiqa.rollout.options import RolloutConfig, SamplingConfig
+from jaxbiqa.config import (
+    CheckpointSection, Config, DataSection, GRPOSection, ModelSection, OptimSection, RewardsSection, RolloutSection,
+    SFTSection, SamplingSection)
 
 NEW_TOKENS = 1024
 TOP_K = 50  # transformers' GenerationConfig default, which the authors' generate call kept
@@ -51,10 +50,10 @@ def get_config() -> Config:
         data=DataSection(train=("qreasoning:data/q_reasoning/mixed_cot.json",), eval=("koniq:data/koniq10k",),
                          image_root="data/koniq10k/512x384", train_split="train", eval_split="test",
                          global_batch_size=64, num_epochs=2, num_workers=4),
-        rollout=RolloutConfig(
-            pass1=SamplingConfig(max_new_tokens=NEW_TOKENS, num_samples=4, temperature=1.0, top_k=TOP_K,
+        rollout=RolloutSection(
+            pass1=SamplingSection(max_new_tokens=NEW_TOKENS, num_samples=4, temperature=1.0, top_k=TOP_K,
                                  stop_strings=("</answer>",), prompt_buckets=(320, 384, 512)),
-            pass2=SamplingConfig(max_new_tokens=NEW_TOKENS, num_samples=1, temperature=1.0, top_k=TOP_K,
+            pass2=SamplingSection(max_new_tokens=NEW_TOKENS, num_samples=1, temperature=1.0, top_k=TOP_K,
                                  stop_strings=("</answer>",), prompt_buckets=(256, 512, 768, 1024, 1536)),
             caption_until="think"),
         rewards=RewardsSection(),

@@ -15,10 +15,9 @@ Paths: the Qwen2.5-VL-7B-Instruct folder (config.json, safetensors, tokenizer, p
 the KonIQ-10k root (labels CSV, `koniq10k_distributions_sets.csv`, `512x384/`).
 """
 
-from jaxbiqa.config import Config, ModelSection, RewardsSection
-from jaxbiqa.data.options import DataSection
-from jaxbiqa.rl.options import CheckpointSection, GRPOSection, OptimSection, SFTSection
-from jaxbiqa.rollout.options import RolloutConfig, SamplingConfig
+from jaxbiqa.config import (
+    CheckpointSection, Config, DataSection, GRPOSection, ModelSection, OptimSection, RewardsSection, RolloutSection,
+    SFTSection, SamplingSection)
 
 NEW_TOKENS = 256
 
@@ -31,8 +30,8 @@ def get_config() -> Config:
                            remat=True, scan_layers=True),
         data=DataSection(train=("koniq:data/koniq10k",), eval=("koniq:data/koniq10k",), train_split="train",
                          eval_split="test", global_batch_size=32, num_epochs=10, num_workers=4),
-        rollout=RolloutConfig(
-            pass1=SamplingConfig(max_new_tokens=NEW_TOKENS, num_samples=8, temperature=1.0, top_k=50,
+        rollout=RolloutSection(
+            pass1=SamplingSection(max_new_tokens=NEW_TOKENS, num_samples=8, temperature=1.0, top_k=50,
                                  stop_strings=("</answer>",), prompt_buckets=(320, 384, 512)),
             two_pass=False),
         rewards=RewardsSection(

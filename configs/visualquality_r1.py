@@ -8,10 +8,9 @@ Precision: float32 master weights and AdamW moments under bfloat16 compute (a bf
 cannot take a 1e-6 update). Sampling: T = 1 over the full vocabulary (not traced to their code).
 """
 
-from jaxbiqa.config import Config, ModelSection, RewardsSection
-from jaxbiqa.data.options import DataSection
-from jaxbiqa.rl.options import CheckpointSection, GRPOSection, OptimSection, SFTSection
-from jaxbiqa.rollout.options import RolloutConfig, SamplingConfig
+from jaxbiqa.config import (
+    CheckpointSection, Config, DataSection, GRPOSection, ModelSection, OptimSection, RewardsSection, RolloutSection,
+    SFTSection, SamplingSection)
 
 NEW_TOKENS = 1024
 
@@ -24,8 +23,8 @@ def get_config() -> Config:
                            remat=True, scan_layers=True),
         data=DataSection(train=("koniq:data/koniq10k",), eval=("koniq:data/koniq10k",), train_split="train",
                          eval_split="test", global_batch_size=16, num_epochs=1, num_workers=4),
-        rollout=RolloutConfig(
-            pass1=SamplingConfig(max_new_tokens=NEW_TOKENS, num_samples=6, temperature=1.0,
+        rollout=RolloutSection(
+            pass1=SamplingSection(max_new_tokens=NEW_TOKENS, num_samples=6, temperature=1.0,
                                  stop_strings=("</answer>",), prompt_buckets=(320, 384, 512)),
             two_pass=False),
         rewards=RewardsSection(weights={"ranking": 1.0, "qinsight_format": 1.0}, params={}),

@@ -30,6 +30,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxbiqa.config import to_dict
+
 
 class Restored(NamedTuple):
     step: int
@@ -73,7 +75,6 @@ def _config_dict(config: Any) -> dict | None:
     if config is None:
         return None
     if dataclasses.is_dataclass(config):
-        from jaxbiqa.config import to_dict
         return to_dict(config)
     if isinstance(config, Mapping):
         return dict(config)
@@ -106,7 +107,7 @@ class Checkpointer:
 
     @classmethod
     def from_section(cls, section: Any, output_dir: str | Path) -> "Checkpointer":
-        """From a `jaxbiqa.rl.options.CheckpointSection` (directory "" = `<output_dir>/checkpoints`)."""
+        """From a `jaxbiqa.config.CheckpointSection` (directory "" = `<output_dir>/checkpoints`)."""
         directory = section.directory or Path(output_dir) / "checkpoints"
         return cls(directory, max_to_keep=section.max_to_keep, save_interval_steps=section.save_interval_steps,
                    async_save=section.async_save)

@@ -17,13 +17,368 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from jaxbiqa.data.options import DataSection
-from jaxbiqa.rl.options import CheckpointSection, GRPOSection, OptimSection, SFTSection
-from jaxbiqa.rl.train_options import TrainSection
-from jaxbiqa.rollout.options import RolloutConfig
-from jaxbiqa.runtime_options import RuntimeSection
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+# -------------------- runtime
+# The `runtime` section of the config: devices, mesh, multi-process start-up, compilation cache.
+#
+# No heavy imports here (the global config holds this section); `jaxbiqa.distributed` acts on it.
+#
+# Mesh: `mesh` gives the axis sizes over the devices of one slice (or one host, or everything when
+# `dcn_mesh` is empty); `dcn_mesh` gives how many slices (TPU) or processes (GPU / CPU hosts) each
+# axis spans across the slower data-centre network. One size in each may be -1, "the rest". The
+# device count of an axis is the product of both, e.g. mesh {"data": 1, "fsdp": -1, "tensor": 1}
+# with dcn_mesh {"data": 4}: four slices, data-parallel across them, FSDP within each.
+#
+# Multi-process: with `distributed="auto"` the runtime is started when the environment says so:
+# an explicit coordinator (these fields or JAXBIQA_COORDINATOR / JAXBIQA_NUM_PROCESSES /
+# JAXBIQA_PROCESS_ID), a SLURM step of more than one task, or a TPU pod (TPU_WORKER_HOSTNAMES /
+# MEGASCALE_COORDINATOR_ADDRESS set, or JAXBIQA_DISTRIBUTED=on as `launch/tpu_pod.sh` sets).
+
+
+MESH_AXES = ("data", "fsdp", "tensor")  # the same names as jaxbiqa.sharding.MESH_AXES
+
+
+def _check_shape(name: str, shape: dict[str, int], problems: list[str]) -> None:
+    unknown = sorted(set(shape) - set(MESH_AXES))
+    if unknown:
+        problems.append(f"{name} axes {unknown} are not among {MESH_AXES}")
+    sizes = list(shape.values())
+    if any(s == 0 or s < -1 for s in sizes):
+        problems.append(f"{name} sizes must be >= 1 or -1 (the rest), got {shape}")
+    if sizes.count(-1) > 1:
+        problems.append(f"{name} may have at most one -1 size, got {shape}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeSection:
+    # mesh axis sizes within a slice (ICI) and across slices / hosts (DCN); see the module docstring
+    mesh: dict[str, int] = dataclasses.field(default_factory=lambda: {"data": 1, "fsdp": -1, "tensor": 1})
+    dcn_mesh: dict[str, int] = dataclasses.field(default_factory=dict)  # empty: one slice / no DCN axis
+    # logical axis -> mesh axes, overriding jaxbiqa.sharding.DEFAULT_RULES: "fsdp", "data,fsdp",
+    # or "" for replicated; e.g. --set runtime.rules.mlp=
+    rules: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    # multi-process start-up (jax.distributed.initialize)
+    distributed: Literal["auto", "on", "off"] = "auto"  # on: always (JAX detects the cluster); off: never
+    coordinator_address: str = ""      # host:port of process 0; "" = JAXBIQA_COORDINATOR or auto-detection
+    num_processes: int = 0             # 0 = JAXBIQA_NUM_PROCESSES or auto-detection
+    process_id: int = -1               # -1 = JAXBIQA_PROCESS_ID or auto-detection
+    initialization_timeout: int = 300  # seconds to wait for every process to join
+    cpu_collectives: Literal["gloo", "mpi"] = "gloo"  # cross-process collectives of CPU devices
+
+    # persistent XLA compilation cache (a local folder or gs://...); "" = off, or JAX_COMPILATION_CACHE_DIR
+    compilation_cache_dir: str = ""
+    compilation_cache_min_compile_secs: float = 1.0  # cache only programs that took this long to compile
+    compilation_cache_min_entry_bytes: int = 0       # and whose executable is at least this big
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        _check_shape("runtime.mesh", self.mesh, problems)
+        _check_shape("runtime.dcn_mesh", self.dcn_mesh, problems)
+        unknown = sorted({a for v in self.rules.values() for a in v.split(",") if a.strip()} - set(MESH_AXES))
+        if unknown:
+            problems.append(f"runtime.rules name mesh axes {unknown} not among {MESH_AXES}")
+        if self.num_processes < 0 or self.process_id < -1:
+            problems.append(f"runtime.num_processes must be >= 0 and process_id >= -1, got "
+                            f"{self.num_processes}, {self.process_id}")
+        if self.num_processes and self.process_id >= self.num_processes:
+            problems.append(f"runtime.process_id {self.process_id} must be < num_processes {self.num_processes}")
+        if self.initialization_timeout < 1:
+            problems.append(f"runtime.initialization_timeout must be >= 1 s, got {self.initialization_timeout}")
+        if self.compilation_cache_min_compile_secs < 0 or self.compilation_cache_min_entry_bytes < 0:
+            problems.append("runtime.compilation_cache_min_compile_secs and _min_entry_bytes must be >= 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+# -------------------- data
+# The `data` section of the config: every option of the data layer (no heavy imports here).
+#
+# Dataset specs (`train`, `eval`) are strings, one per dataset, mixed freely:
+# * `KIND:PATH`: a reader of `jaxbiqa.data.sources` (koniq, spaq, kadid, live_challenge, agiqa3k,
+#   csiq, pipal, qreasoning, meta_json, conversations, jsonl) on a dataset root or file in its
+#   original layout; `image_root` applies to the JSON forms that name images by file name;
+# * `tfds:DIR`: a dataset written by `jaxbiqa data build` (TFDS ArrayRecord, images inside);
+# * `synthetic:DIR`: the embedded default set written by `jaxbiqa data synth` (its index.jsonl);
+#   generated there with the `synthetic_*` options when DIR has none yet.
+# Records are then filtered to `train_split` / `eval_split` (an empty value keeps every split).
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    train: tuple[str, ...] = ("synthetic:data/synthetic",)
+    eval: tuple[str, ...] = ("synthetic:data/synthetic",)
+    train_split: str = "train"
+    eval_split: str = "test"
+    image_root: str = ""               # folder of the images for Q-Reasoning / meta / conversation files
+    split_file: str = ""               # a user split file applied to every `KIND:PATH` spec that takes one
+    mos_scale: Literal["table", "data"] = "table"   # records.MOS_SCALES, or min/max of the data
+    require_mos: bool = True           # a record without a MOS is a bad record (off for text-only eval)
+
+    # images keep their aspect ratio: each is resized as Qwen2.5-VL's processor does (sides
+    # multiples of 28 px, about min..max pixels; images.resized_size) and every batch holds images
+    # of one size (pipeline.BatchPlan), e.g. KonIQ 512x384 -> 504x392 (252 tokens), 512x512 -> 448x448
+    max_pixels: int = 200_704          # 256 x 28 x 28: at most 256 visual tokens
+    min_pixels: int = 3_136            # 56 x 56, the Qwen2.5-VL processor's default
+
+    # iteration
+    global_batch_size: int = 8         # records per step over all processes (each reads its 1/P share)
+    shuffle: bool = True
+    seed: int = 0
+    num_epochs: int | None = 1         # None repeats forever (each epoch reshuffled)
+    drop_remainder: bool = True        # drop each image size's last, partial batch (else keep it short)
+    num_workers: int = 0               # grain worker processes; 0 decodes in this process
+    worker_buffer_size: int = 2
+    read_threads: int = 8
+    prefetch_buffer_size: int = 64
+    shard_index: int = -1              # -1: this JAX process (ShardByJaxProcess)
+    shard_count: int = 0               # 0: the number of JAX processes
+    on_bad_record: Literal["raise", "skip"] = "raise"
+
+    # the embedded synthetic set, generated into a `synthetic:DIR` spec's empty folder
+    # (the same as `jaxbiqa data synth --out DIR` with these options)
+    synthetic_seed: int = 0
+    synthetic_num_photos: int = 0      # 0: all of synthetic.PHOTOS
+    synthetic_crop_size: int = 96
+    synthetic_crops_per_photo: int = 3
+    synthetic_types_per_crop: int = 2
+    synthetic_seen_crops_per_photo: int = 0  # new crops of the training photos: the `seen` split
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.global_batch_size < 1:
+            problems.append(f"global_batch_size={self.global_batch_size} must be >= 1")
+        if self.num_workers < 0 or self.read_threads < 1:
+            problems.append(f"num_workers={self.num_workers} must be >= 0 and read_threads={self.read_threads} >= 1")
+        if not 0 < self.min_pixels <= self.max_pixels:
+            problems.append(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        if self.num_epochs is not None and self.num_epochs < 1:
+            problems.append(f"num_epochs={self.num_epochs} must be >= 1 (or None for no end)")
+        if self.on_bad_record not in ("raise", "skip"):
+            problems.append(f"on_bad_record={self.on_bad_record!r} must be 'raise' or 'skip'")
+        if self.mos_scale not in ("table", "data"):
+            problems.append(f"mos_scale={self.mos_scale!r} must be 'table' or 'data'")
+        if problems:
+            raise ValueError("data section: " + "; ".join(problems))
+
+
+# -------------------- rollout
+# Options of the rollout engine (no heavy imports): one pass's sampling, and the two-pass rollout.
+#
+# Every field is static for the compiled sampler: changing one compiles a new program, so a run
+# keeps them fixed. `SamplingSection` is one pass (also what `jaxbiqa.rollout.generate` builds from
+# transformers-style arguments); `RolloutSection` is the method's rollout: pass 1 with the image
+# (G samples per prompt), then pass 2 from each pass-1 caption alone.
+
+
+QWEN_IM_END, QWEN_ENDOFTEXT = 151645, 151643
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSection:
+    max_new_tokens: int = 1024
+    num_samples: int = 1  # G: completions per prompt, all decoded from one shared prefill
+    greedy: bool = False  # argmax decoding (temperature / top_k / top_p are then ignored)
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    # a row stops once its text contains one of these (matched on device, whatever the tokenization)
+    stop_strings: tuple[str, ...] = ()
+    eos_token_ids: tuple[int, ...] = (QWEN_IM_END, QWEN_ENDOFTEXT)
+    pad_token_id: int = QWEN_ENDOFTEXT  # fills the token buffer after a row's end
+    # prompt lengths are padded up to the smallest bucket that fits; () pads to the batch's longest
+    prompt_buckets: tuple[int, ...] = ()
+    cache_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # "auto": the model's compute dtype
+
+    def __post_init__(self):
+        problems = []
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        if self.num_samples < 1:
+            problems.append(f"num_samples={self.num_samples} must be >= 1")
+        if not self.greedy and not self.temperature > 0:
+            problems.append(f"temperature={self.temperature} must be > 0 (use greedy=True for argmax)")
+        if self.top_k < 0:
+            problems.append(f"top_k={self.top_k} must be >= 0 (0 is off)")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p={self.top_p} must be in (0, 1]")
+        if any(not s for s in self.stop_strings):
+            problems.append("stop_strings must not contain an empty string")
+        if list(self.prompt_buckets) != sorted(set(self.prompt_buckets)) or any(b < 1 for b in self.prompt_buckets):
+            problems.append(f"prompt_buckets={self.prompt_buckets} must be positive and strictly increasing")
+        if problems:
+            raise ValueError("SamplingSection: " + "; ".join(problems))
+
+    def replace(self, **changes) -> "SamplingSection":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSection:
+    """The method's rollout (method.md section 4): pass 1 on image + prompt, pass 2 on the caption."""
+
+    pass1: SamplingSection = SamplingSection(num_samples=4, stop_strings=("</answer>",),
+                                           prompt_buckets=(320, 384, 512, 768, 1024))
+    pass2: SamplingSection = SamplingSection(num_samples=1, stop_strings=("</answer>",),
+                                           prompt_buckets=(256, 512, 768, 1024, 1536))
+    two_pass: bool = True
+    # pass 2 sees the pass-1 text before the first <think> (caption only, the method) or <answer>
+    # (caption + think, method.md 8.3); the rule of `jaxbiqa.rewards.split_caption`
+    caption_until: Literal["think", "answer"] = "think"
+    # longest caption (in tokens) pass 2 accepts; longer ones are flagged like a missing caption.
+    # 0: pass1.max_new_tokens (+ the few tokens a split token can add), i.e. never in practice
+    max_caption_tokens: int = 0
+    # build the pass-2 prompts on device from the pass-1 tokens: both passes are one compiled
+    # program; False decodes pass 1 on the host and re-tokenizes (the reference path)
+    fused: bool = True
+
+    def __post_init__(self):
+        if self.max_caption_tokens < 0:
+            raise ValueError(f"RolloutSection.max_caption_tokens={self.max_caption_tokens} must be >= 0")
+
+
+# -------------------- grpo, optim, sft, checkpoint
+# Config sections of the update: GRPO loss, optimizer, supervised warm start, checkpoints.
+#
+# Plain frozen dataclasses with no heavy imports, so the global config can hold them. Defaults are
+# the authors' trainer (method.md section 5) unless a field says otherwise.
+
+
+Advantage = Literal["grpo", "drgrpo", "rloo"]
+KLEstimator = Literal["k1", "k2", "k3"]
+Aggregation = Literal["seq_mean_token_mean", "token_mean", "seq_sum"]
+Schedule = Literal["linear", "constant", "cosine"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOSection:
+    """The GRPO objective. Alternatives from method.md section 6: Dr.GRPO (`advantage="drgrpo"`,
+    `aggregation="seq_sum"`), DAPO (`aggregation="token_mean"`, `clip_epsilon_high=0.28`), RLOO."""
+
+    num_generations: int = 4            # G: samples per prompt; a group for the advantages
+    advantage: Advantage = "grpo"       # grpo: (R - mean) / (std + eps); drgrpo: R - mean; rloo: leave-one-out
+    advantage_epsilon: float = 1e-4     # added to the unbiased group std (grpo only)
+    clip_epsilon: float = 0.2           # ratio clipped to [1 - eps, 1 + eps_high]
+    clip_epsilon_high: float | None = None  # None: same as clip_epsilon; DAPO clip-higher uses 0.28
+    beta: float = 1e-3                  # KL weight; 0 skips the reference model entirely
+    kl_estimator: KLEstimator = "k3"    # k1: log r; k2: (log r)^2 / 2; k3: exp(-log r) + log r - 1 (r = pi / ref)
+    aggregation: Aggregation = "seq_mean_token_mean"
+    max_completion_length: int = 1024   # the fixed length of "seq_sum" (Dr.GRPO) and the sampler's budget
+    num_iterations: int = 1             # updates per rollout; > 1 stores the old log-probs before the first
+    logprob_chunk_size: int = 256       # sequence chunk of the vocabulary projection (memory vs speed)
+
+    def __post_init__(self):
+        if self.num_generations < 2:
+            raise ValueError(f"grpo.num_generations must be >= 2 (a group needs a baseline), "
+                             f"got {self.num_generations}")
+        if self.clip_epsilon <= 0 or (self.clip_epsilon_high is not None and self.clip_epsilon_high <= 0):
+            raise ValueError(f"grpo.clip_epsilon / clip_epsilon_high must be > 0, got "
+                             f"{self.clip_epsilon} / {self.clip_epsilon_high}")
+        if self.beta < 0 or self.advantage_epsilon < 0:
+            raise ValueError(f"grpo.beta and grpo.advantage_epsilon must be >= 0, "
+                             f"got {self.beta}, {self.advantage_epsilon}")
+        if self.num_iterations < 1 or self.max_completion_length < 1 or self.logprob_chunk_size < 1:
+            raise ValueError("grpo.num_iterations, max_completion_length and logprob_chunk_size must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSection:
+    """AdamW behind a global-norm clip, with a learning-rate schedule and gradient accumulation."""
+
+    learning_rate: float = 1e-6
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0   # None: no clipping
+    schedule: Schedule = "linear"       # linear decay to end_learning_rate over the run (the authors)
+    warmup_steps: int = 0               # linear warm-up from 0 before the schedule
+    end_learning_rate: float = 0.0
+    micro_batch_size: int = 0           # rows per gradient-accumulation micro-batch; 0 = the whole batch
+    freeze_vision: bool = True          # the vision tower gets no gradient (its features can be precomputed)
+
+    def __post_init__(self):
+        if self.learning_rate < 0 or self.end_learning_rate < 0 or self.weight_decay < 0:
+            raise ValueError("optim.learning_rate, end_learning_rate and weight_decay must be >= 0")
+        if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1) or self.eps < 0:
+            raise ValueError(f"optim.b1 / b2 must be in [0, 1) and eps >= 0, got {self.b1}, {self.b2}, {self.eps}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"optim.max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        if self.warmup_steps < 0 or self.micro_batch_size < 0:
+            raise ValueError("optim.warmup_steps and optim.micro_batch_size must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTSection:
+    """Supervised warm start on reference completions (the demo's start for a random model)."""
+
+    steps: int = 200                    # 0 skips the warm start
+    optim: OptimSection = OptimSection(learning_rate=1e-3, schedule="constant", warmup_steps=10,
+                                       freeze_vision=False)
+
+    def __post_init__(self):
+        if self.steps < 0:
+            raise ValueError(f"sft.steps must be >= 0, got {self.steps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSection:
+    directory: str = ""                 # "" = <output_dir>/checkpoints
+    save_interval_steps: int = 100
+    max_to_keep: int | None = 3         # None keeps every checkpoint
+    async_save: bool = True
+    save_on_preemption: bool = True     # SIGTERM: save at the end of the current step, then exit cleanly
+
+    def __post_init__(self):
+        if self.save_interval_steps < 1 or (self.max_to_keep is not None and self.max_to_keep < 1):
+            raise ValueError("checkpoint.save_interval_steps and checkpoint.max_to_keep must be >= 1")
+
+
+# -------------------- train
+# Options of the training loop (`jaxbiqa.rl.trainer`): run length, the two passes' roles, logging
+# and the final evaluation. A plain frozen dataclass with no heavy imports, for the global config
+# (`Config.train`).
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection:
+    # run length: GRPO steps (one rollout each) are the train split's batches x data.num_epochs,
+    # capped at max_steps when it is > 0 (required when data.num_epochs is None)
+    max_steps: int = 0
+    sft_batch_size: int = 0          # records per warm-start step over all processes; 0 = data.global_batch_size
+    # with a two-pass rollout, the warm start also teaches pass 2 (caption-only prompt -> the
+    # reference's think + answer): a model trained from scratch cannot do pass 2 otherwise
+    sft_pass2: bool = True
+    # GRPO: also train the pass-2 completions, each with its pass-1 sample's advantage
+    # (the paper does not: pass 2 only produces the self-consistency reward)
+    train_pass2: bool = False
+
+    # logging (JSON lines every step; TensorBoard when tensorboardX is installed)
+    log_every: int = 1               # steps between JSON-lines / TensorBoard records
+    samples_every: int = 25          # steps between sample completions written to samples.log (0: never)
+    samples_per_log: int = 2         # prompts shown each time (all G samples of each)
+    tensorboard: bool = True
+    progress: bool = True            # a tqdm progress bar with ETA on stderr
+
+    # evaluation (greedy rollout on data.eval / data.eval_split) at the end, and after the warm start
+    eval_at_end: bool = True
+    eval_after_sft: bool = True
+    eval_batch_size: int = 0         # records per evaluation batch (global); 0 = data.global_batch_size
+    eval_max_examples: int = 0       # 0: the whole eval split
+
+    def __post_init__(self):
+        for name in ("max_steps", "sft_batch_size", "samples_every", "samples_per_log", "eval_batch_size",
+                     "eval_max_examples"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.log_every < 1:
+            raise ValueError(f"train.log_every must be >= 1, got {self.log_every}")
+
+
+# -------------------- the whole config
 
 
 class ConfigError(ValueError):
@@ -80,28 +435,6 @@ class RewardsSection:
         "format": {"value": 0.5, "strict": True},
     })
 
-    def specs(self) -> list[dict[str, Any]]:
-        """The non-zero terms as `jaxbiqa.rewards.build_reward` specs, names and parameter types checked."""
-        from jaxbiqa.rewards import REWARDS  # imported here: rouge-score and scipy are slow to import
-
-        for name in {**self.weights, **self.params}:
-            if name not in REWARDS:
-                raise ConfigError(f"unknown reward 'rewards.weights.{name}'{_closest(name, list(REWARDS))}")
-        specs = []
-        for name, weight in self.weights.items():
-            if weight == 0:
-                continue
-            hints = typing.get_type_hints(REWARDS[name])
-            hints.pop("return", None)
-            kwargs = {}
-            for key, value in self.params.get(name, {}).items():
-                where = f"rewards.params.{name}.{key}"
-                if key not in hints:
-                    raise ConfigError(f"unknown reward parameter {where!r}{_closest(key, list(hints))}")
-                kwargs[key] = _coerce(value, hints[key], where)
-            specs.append({"name": name, "weight": weight, "kwargs": kwargs})
-        return specs
-
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -111,7 +444,7 @@ class Config:
     runtime: RuntimeSection = RuntimeSection()
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
-    rollout: RolloutConfig = RolloutConfig()
+    rollout: RolloutSection = RolloutSection()
     rewards: RewardsSection = RewardsSection()
     grpo: GRPOSection = GRPOSection()
     optim: OptimSection = OptimSection()
@@ -151,13 +484,14 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _closest(key: str, valid: Sequence[str]) -> str:
+def closest_key(key: str, valid: Sequence[str]) -> str:
+    """An error message's tail: the closest valid key, then all of them."""
     match = difflib.get_close_matches(key, valid, n=1)
     hint = f" (did you mean {match[0]!r}?)" if match else ""
     return f"{hint}; valid keys: {', '.join(sorted(valid))}"
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def coerce_value(value: Any, tp: Any, where: str) -> Any:
     """Convert `value` (a string from the command line, or a JSON-like value) to type `tp`."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -168,7 +502,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _coerce(value, arg, where)
+                return coerce_value(value, arg, where)
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(f"{where}: {value!r} matches none of {tp}: {'; '.join(errors)}")
@@ -208,19 +542,19 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is tuple:
         items = _as_sequence(value, where)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(items))
+            return tuple(coerce_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(items))
         if len(items) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} items, got {len(items)}")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(items, args)))
+        return tuple(coerce_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(items, args)))
     if origin in (list, Sequence):
-        return tuple(_coerce(v, args[0] if args else Any, f"{where}[{i}]")
+        return tuple(coerce_value(v, args[0] if args else Any, f"{where}[{i}]")
                      for i, v in enumerate(_as_sequence(value, where)))
     if origin in (dict, Mapping) or tp is dict:
         mapping = json.loads(value) if isinstance(value, str) else value
         if not isinstance(mapping, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         key_t, val_t = args or (str, Any)
-        return {_coerce(k, key_t, where): _coerce(v, val_t, f"{where}.{k}") for k, v in mapping.items()}
+        return {coerce_value(k, key_t, where): coerce_value(v, val_t, f"{where}.{k}") for k, v in mapping.items()}
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -258,14 +592,14 @@ def from_dict(cls: type, data: Mapping[str, Any], where: str = "config", base: A
     hints = _field_types(cls)
     unknown = [k for k in data if k not in hints]
     if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}{_closest(unknown[0], list(hints))}")
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}{closest_key(unknown[0], list(hints))}")
     values = {}
     for key, value in data.items():
         current = getattr(base, key)
         if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
             values[key] = from_dict(type(current), value, f"{where}.{key}", current)
         else:
-            values[key] = _coerce(value, hints[key], f"{where}.{key}")
+            values[key] = coerce_value(value, hints[key], f"{where}.{key}")
     return _build(lambda: dataclasses.replace(base, **values), where)
 
 
@@ -298,16 +632,16 @@ def _set(node: Any, path: list[str], raw: str, full_key: str) -> Any:
         hints = _field_types(type(node))
         if head not in hints:
             prefix = full_key[: len(full_key) - len(".".join(path))]
-            raise ConfigError(f"unknown config key {full_key!r}{_closest(prefix + head, [prefix + k for k in hints])}")
+            raise ConfigError(f"unknown config key {full_key!r}{closest_key(prefix + head, [prefix + k for k in hints])}")
         current = getattr(node, head)
         if rest:
             if not (dataclasses.is_dataclass(current) or isinstance(current, Mapping)):
                 raise ConfigError(f"config key {full_key!r}: {head!r} is a value, not a section")
             new = _set(current, rest, raw, full_key)
             if isinstance(current, Mapping):
-                new = _coerce(new, hints[head], full_key)
+                new = coerce_value(new, hints[head], full_key)
         else:
-            new = _coerce(raw, hints[head], full_key)
+            new = coerce_value(raw, hints[head], full_key)
         return _build(lambda: dataclasses.replace(node, **{head: new}), full_key)
     if isinstance(node, Mapping):  # a dict field: set or add one entry; the value is parsed as JSON if it can be
         if rest:

@@ -2,7 +2,7 @@
 
 Every process runs the same program. `setup(section)` does what must happen before the first
 computation: the persistent compilation cache, `jax.distributed.initialize` (once, and only when
-the environment is a cluster: see `jaxbiqa.runtime_options`), then the mesh. Each process loads
+the environment is a cluster: see `jaxbiqa.config.RuntimeSection`), then the mesh. Each process loads
 its own share of the data; `global_batch` assembles the shares into global arrays split over the
 mesh's batch axes. Host-side work that needs every row (the trainer's rewards) uses
 `gather_rows` (each process's rows, concatenated in process order, on every process),
@@ -26,7 +26,7 @@ from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 
 from jaxbiqa import sharding
-from jaxbiqa.runtime_options import RuntimeSection
+from jaxbiqa.config import RuntimeSection
 
 ENV_COORDINATOR = "JAXBIQA_COORDINATOR"
 ENV_NUM_PROCESSES = "JAXBIQA_NUM_PROCESSES"

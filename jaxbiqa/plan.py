@@ -291,7 +291,7 @@ def batch_shards(mesh_shape: Mapping[str, int], rules: LogicalRules = DEFAULT_RU
 
 def default_optimizer() -> Any:
     """The optimizer `rl.step` trains with (AdamW behind a global-norm clip), for its state's size."""
-    from jaxbiqa.rl.options import OptimSection
+    from jaxbiqa.config import OptimSection
     from jaxbiqa.rl.step import make_optimizer
 
     return make_optimizer(OptimSection(), total_steps=1)

@@ -34,7 +34,7 @@ def _iterator():
 def test_round_trip_on_mesh_with_optimizer_rng_data_and_config(tmp_path):
     sys.path.insert(0, str(REPO / "tests" / "rl"))
     from tiny_models import grpo_batch, random_model, tiny_config
-    from jaxbiqa.rl.options import GRPOSection, OptimSection
+    from jaxbiqa.config import GRPOSection, OptimSection
     from jaxbiqa.rl.step import TrainStep, grpo_loss
     from jaxbiqa.sharding import make_mesh
 

@@ -6,6 +6,7 @@ import pytest
 
 from jaxbiqa import cli
 from jaxbiqa.config import Config, ConfigError, apply_override, from_dict, load_config, to_dict
+from jaxbiqa.rewards import reward_specs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,15 +70,15 @@ def test_dict_round_trip_is_validated():
 def test_reward_terms_are_checked_against_the_registry():
     config = apply_override(Config(), "rewards.params.score.threshold=0.3")
     config = apply_override(config, "rewards.weights.format=0.5")
-    specs = {s["name"]: s for s in config.rewards.specs()}
-    assert specs["score"]["kwargs"]["threshold"] == 0.3 and specs["format"]["weight"] == 0.5
-    assert "format" not in {s["name"] for s in Config().rewards.specs()}  # weight 0: off
+    specs = {s.name: s for s in reward_specs(config.rewards)}
+    assert specs["score"].kwargs["threshold"] == 0.3 and specs["format"].weight == 0.5
+    assert "format" not in {s.name for s in reward_specs(Config().rewards)}  # weight 0: off
     for assignment, message in [("rewards.params.score.threshold=abc", "is not a float"),
                                 ("rewards.params.score.tresh=1", "did you mean 'threshold'"),
                                 ("rewards.weights.scor=1", "did you mean 'score'"),
                                 ("rewards.params.reasoning.measure=rouge", "not one of")]:
         with pytest.raises(ConfigError, match=message):
-            apply_override(Config(), assignment).rewards.specs()
+            reward_specs(apply_override(Config(), assignment).rewards)
 
 
 def test_recipe_file_loads_by_name_and_path(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxbiqa.config import CONFIGS_DIR, bf16_trained_parameters, load_config
-from jaxbiqa.rewards import build_reward
+from jaxbiqa.rewards import build_reward, reward_specs
 
 RECIPES = sorted(p.stem for p in CONFIGS_DIR.glob("*.py"))
 PAPER = ("humaniqa", "qinsight_score")
@@ -21,7 +21,7 @@ def test_recipes_exist() -> None:
 def test_recipe_loads_and_validates(name: str) -> None:
     config = load_config(name)
     assert config.name == name
-    build_reward(config.rewards.specs())  # reward names and parameters resolve
+    build_reward(reward_specs(config.rewards))  # reward names and parameters resolve
     assert config.rollout.pass1.num_samples == config.grpo.num_generations
     assert not bf16_trained_parameters(config)
     if config.model.lora_rank == 0:  # full fine-tuning: float32 master weights
@@ -42,7 +42,7 @@ ANSWER = '<caption>\nA sharp photo.\n</caption>\n<think>\nLittle noise.\n</think
 
 
 def test_humaniqa_rewards_parse_strictly() -> None:
-    reward = build_reward(load_config("humaniqa").rewards.specs())
+    reward = build_reward(reward_specs(load_config("humaniqa").rewards))
     cut = ANSWER[: ANSWER.index("</answer>")]  # truncated at the token limit
     completions = [ANSWER, cut, ANSWER, ANSWER, '<answer>{"rating": 7}</answer>']
     pass2 = ['<think>ok</think><answer>{"rating": 3.5}</answer>', ANSWER, '<answer>{"rating": 3.42}',

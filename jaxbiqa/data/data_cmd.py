@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from jaxbiqa.data.options import DataSection
+from jaxbiqa.config import DataSection
 from jaxbiqa.data.records import SkipReport, summarise
 
 

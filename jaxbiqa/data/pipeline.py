@@ -61,7 +61,7 @@ import numpy as np
 
 from jaxbiqa.data.access import Concat, RecordList
 from jaxbiqa.data.images import decode_image, read_image_bytes, read_image_size, resize_image, resized_size
-from jaxbiqa.data.options import DataSection
+from jaxbiqa.config import DataSection
 from jaxbiqa.data.records import FIELDS, FLOAT_FIELDS, BadRecordError, SkipReport, log
 
 Preprocess = Callable[[np.ndarray], Mapping[str, np.ndarray]]

@@ -53,7 +53,7 @@ from jaxbiqa.eval.metrics import is_lower_is_better
 from jaxbiqa.models.qwen2_5_vl.rope import text_positions
 from jaxbiqa.rewards.parse import parse_rating, split_caption, tag_content
 from jaxbiqa.rollout.batch import PromptBatch, prepare_prompts
-from jaxbiqa.rollout.options import RolloutConfig, SamplingConfig
+from jaxbiqa.config import RolloutSection, SamplingSection
 from jaxbiqa.rollout.pass2 import SpliceTables, splice_tables, splice_prompts
 from jaxbiqa.rollout.sampler import DecodeSpec, completion_texts, decode, matchers, prefill
 from jaxbiqa.rollout.textmatch import token_bytes
@@ -89,7 +89,7 @@ class EvalSettings:
             raise ValueError(f"batch_size must be >= 1 and max_examples >= 0, got {self.batch_size}, "
                              f"{self.max_examples}")
 
-    def sampling(self, config: SamplingConfig) -> SamplingConfig:
+    def sampling(self, config: SamplingSection) -> SamplingSection:
         """One pass's sampling for evaluation: one sample per prompt, this decoding."""
         if self.decoding == "greedy":
             return config.replace(num_samples=1, greedy=True)
@@ -109,7 +109,7 @@ class BatchOutput(NamedTuple):
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("pass1", "pass2", "max_caption", "two_pass"))
 def _eval_program(graphdef, state, prompts: PromptBatch, key, stops1, stops2, caption: SpliceTables,
-                  reasoning: SpliceTables, *, pass1: SamplingConfig, pass2: SamplingConfig, max_caption: int,
+                  reasoning: SpliceTables, *, pass1: SamplingSection, pass2: SamplingSection, max_caption: int,
                   two_pass: bool):
     model = nnx.merge(graphdef, state)
     key1, key2 = jax.random.split(key)
@@ -134,7 +134,7 @@ class Evaluator:
     renders the pass-2 prompt); `vocab_size` is the model's vocabulary.
     """
 
-    def __init__(self, processor, rollout: RolloutConfig, vocab_size: int, settings: EvalSettings = EvalSettings()):
+    def __init__(self, processor, rollout: RolloutSection, vocab_size: int, settings: EvalSettings = EvalSettings()):
         self.processor = processor
         self.pass1 = settings.sampling(rollout.pass1)
         self.pass2 = settings.sampling(rollout.pass2)
@@ -375,7 +375,7 @@ def _limited(batches: Iterable[Mapping[str, np.ndarray]], settings: EvalSettings
 
 
 def evaluate(model, processor, batches: Iterable[Mapping[str, np.ndarray]], out_dir: str | Path, *,
-             rollout: RolloutConfig, settings: EvalSettings = EvalSettings(), total: int | None = None,
+             rollout: RolloutSection, settings: EvalSettings = EvalSettings(), total: int | None = None,
              extra: Mapping[str, Any] | None = None) -> EvalResult:
     """Generate with `model` on `batches` (e.g. `eval_pipeline`) and write predictions, human texts
     and metrics into `out_dir` (see the module doc). `total` (records) sizes the progress bar;

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from flax import nnx
 
-from jaxbiqa.data.options import DataSection
+from jaxbiqa.config import DataSection
 from jaxbiqa.demo_assets import DEMO_PREFIX, ensure_demo_model
 from jaxbiqa.models.qwen2_5_vl import LoraConfig, ModelConfig, Qwen2_5_VLForConditionalGeneration
 from jaxbiqa.models.qwen2_5_vl.weights import INDEX_FILE, SINGLE_FILE, abstract_model, load_model, read_config

@@ -20,6 +20,7 @@ from jaxbiqa.rewards.registry import (
     build_reward,
     make_reward,
     reward_params,
+    reward_specs,
 )
 from jaxbiqa.rewards.score import closeness, score_reward
 
@@ -45,6 +46,7 @@ __all__ = [
     "rating_in_answer",
     "reasoning_reward",
     "reward_params",
+    "reward_specs",
     "score_reward",
     "self_consistency_reward",
     "split_caption",

@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
+from jaxbiqa.config import ConfigError, RewardsSection, closest_key, coerce_value
 from jaxbiqa.rewards.base import Batch, RewardFn
 from jaxbiqa.rewards.consistency import self_consistency_reward
 from jaxbiqa.rewards.degradation import degradation_reward
@@ -120,3 +122,25 @@ class WeightedReward:
 def build_reward(specs: Sequence[RewardSpec | Mapping[str, Any]]) -> WeightedReward:
     """The weighted sum of `specs` (RewardSpec or {"name", "weight", "kwargs"} mappings)."""
     return WeightedReward(specs)
+
+
+def reward_specs(section: RewardsSection) -> list[RewardSpec]:
+    """The config's non-zero reward terms as specs for `build_reward`; an unknown reward or
+    parameter, or a value of the wrong type, is a ConfigError naming its key."""
+    for name in {**section.weights, **section.params}:
+        if name not in REWARDS:
+            raise ConfigError(f"unknown reward 'rewards.weights.{name}'{closest_key(name, list(REWARDS))}")
+    specs = []
+    for name, weight in section.weights.items():
+        if weight == 0:
+            continue
+        hints = typing.get_type_hints(REWARDS[name])
+        hints.pop("return", None)
+        kwargs = {}
+        for key, value in section.params.get(name, {}).items():
+            where = f"rewards.params.{name}.{key}"
+            if key not in hints:
+                raise ConfigError(f"unknown reward parameter {where!r}{closest_key(key, list(hints))}")
+            kwargs[key] = coerce_value(value, hints[key], where)
+        specs.append(RewardSpec(name, weight, kwargs))
+    return specs

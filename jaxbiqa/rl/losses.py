@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxbiqa.rl.options import Aggregation, Advantage, GRPOSection, KLEstimator
+from jaxbiqa.config import Aggregation, Advantage, GRPOSection, KLEstimator
 
 SumCount = tuple[jax.Array, jax.Array]
 

@@ -35,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxbiqa.models.qwen2_5_vl import text_positions, token_logprobs
 from jaxbiqa.rl.losses import LossTerms, completion_mask, finish, grpo_objective
-from jaxbiqa.rl.options import GRPOSection, OptimSection
+from jaxbiqa.config import GRPOSection, OptimSection
 from jaxbiqa.sharding import DEFAULT_RULES, LogicalRules, constrain, sharding_for, state_shardings
 
 Batch = Mapping[str, Any]

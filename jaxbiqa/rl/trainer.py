@@ -79,19 +79,18 @@ from jax.sharding import Mesh
 
 from jaxbiqa import distributed
 from jaxbiqa.checkpoint import Checkpointer, PreemptionGuard, restore_target
-from jaxbiqa.config import Config, check_master_weights, to_dict
+from jaxbiqa.config import Config, TrainSection, check_master_weights, to_dict
 from jaxbiqa.data.pipeline import Pass1Preprocess, batches_per_epoch, make_pipeline, per_shard, shard_options
 from jaxbiqa.eval.evaluate import METRICS_FILE, PREDICTIONS_FILE, EvalSettings, evaluate
 from jaxbiqa.models.build import abstract_policy, build_policy, build_processor, has_weights, resolve_model_path
-from jaxbiqa.models.qwen2_5_vl import trainable_filter, vision_plan
-from jaxbiqa.rewards import build_reward, parse_ratings, split_caption
+from jaxbiqa.models.qwen2_5_vl import save_pretrained, trainable_filter, vision_plan
+from jaxbiqa.rewards import build_reward, parse_ratings, reward_specs, split_caption
 from jaxbiqa.rl import batches
 from jaxbiqa.rl.losses import group_advantages
 from jaxbiqa.rl.metrics_log import MetricsLogger
 from jaxbiqa.rl.references import reference_completion
 from jaxbiqa.rl.step import ROW_AXIS, TrainState, TrainStep, grpo_loss
-from jaxbiqa.rl.train_options import TrainSection
-from jaxbiqa.rollout import Rollout
+from jaxbiqa.rollout import Rollout, engine, sampler
 from jaxbiqa.rollout.batch import pick_bucket
 from jaxbiqa.sft.loss import sft_loss
 from jaxbiqa.sharding import DEFAULT_RULES, LogicalRules
@@ -138,8 +137,6 @@ def _cache_size(fn) -> int:
 
 def rollout_compile_count() -> int:
     """Compiled programs of the rollout engine (fused two-pass program, prefill and decode)."""
-    from jaxbiqa.rollout import engine, sampler
-
     return sum(_cache_size(f) for f in (engine._two_pass_program, sampler._prefill_program, sampler._decode_program))
 
 
@@ -187,7 +184,7 @@ class Trainer:
         self.processor = build_processor(config.model, config.data)
         self.tokenizer = self.processor.tokenizer
         self.preprocess = Pass1Preprocess(self.processor)
-        self.reward_fn = build_reward(config.rewards.specs())
+        self.reward_fn = build_reward(reward_specs(config.rewards))
         self.eos_ids = tuple(config.rollout.pass1.eos_token_ids)
         if not self.eos_ids:
             raise ValueError("rollout.pass1.eos_token_ids is empty: the warm start needs an end-of-turn token")
@@ -640,8 +637,6 @@ class Trainer:
     # ------------------------------------------------------------------ end of run
 
     def _export(self, model) -> str | None:
-        from jaxbiqa.models.qwen2_5_vl import save_pretrained
-
         path = self.output_dir / POLICY_DIR
         save_pretrained(model, path)
         if self.main_process:

@@ -1,30 +1,19 @@
 """Compiled rollout: prefill + KV-cached `lax.while_loop` decode, G samples per shared prefill,
-raw-policy log-probs, and the method's caption-only second pass (optionally in the same program).
+raw-policy log-probs, and the method's caption-only second pass (optionally in the same program)."""
 
-Only the options are imported eagerly (the config system reads them without loading JAX); the
-rest is imported on first use, e.g. `jaxbiqa.rollout.generate`.
-"""
+from jaxbiqa.config import RolloutSection, SamplingSection
+from jaxbiqa.rollout.batch import PromptBatch, pick_bucket, prepare_prompts
+from jaxbiqa.rollout.engine import Rollout, RolloutResult
+from jaxbiqa.rollout.generation import Generation, generate
+from jaxbiqa.rollout.logits import sample_tokens, token_logprob
+from jaxbiqa.rollout.pass2 import SpliceTables, caption_prompts, splice_prompts, splice_tables
+from jaxbiqa.rollout.sampler import (
+    Completion, DecodeSpec, Prefilled, Sampler, completion_texts, decode, prefill, repeat_rows)
+from jaxbiqa.rollout.textmatch import StringMatcher, build_matcher, token_bytes
 
-import importlib
-
-from jaxbiqa.rollout.options import RolloutConfig, SamplingConfig
-
-# public name -> submodule defining it
-_EXPORTS = {
-    "PromptBatch": "batch", "pick_bucket": "batch", "prepare_prompts": "batch",
-    "Rollout": "engine", "RolloutResult": "engine",
-    "Generation": "generation", "generate": "generation",
-    "sample_tokens": "logits", "token_logprob": "logits",
-    "SpliceTables": "pass2", "caption_prompts": "pass2", "splice_prompts": "pass2", "splice_tables": "pass2",
-    "Completion": "sampler", "DecodeSpec": "sampler", "Prefilled": "sampler", "Sampler": "sampler", "completion_texts": "sampler",
-    "decode": "sampler", "prefill": "sampler", "repeat_rows": "sampler",
-    "StringMatcher": "textmatch", "build_matcher": "textmatch", "token_bytes": "textmatch",
-}
-
-__all__ = ["RolloutConfig", "SamplingConfig", *_EXPORTS]
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'jaxbiqa.rollout' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"jaxbiqa.rollout.{_EXPORTS[name]}"), name)
+__all__ = [
+    "Completion", "DecodeSpec", "Generation", "Prefilled", "PromptBatch", "Rollout", "RolloutResult",
+    "RolloutSection", "Sampler", "SamplingSection", "SpliceTables", "StringMatcher", "build_matcher",
+    "caption_prompts", "completion_texts", "decode", "generate", "pick_bucket", "prefill", "prepare_prompts",
+    "repeat_rows", "sample_tokens", "splice_prompts", "splice_tables", "token_bytes", "token_logprob",
+]

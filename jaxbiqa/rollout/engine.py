@@ -25,7 +25,7 @@ from jaxbiqa.distributed import fetch
 from jaxbiqa.models.qwen2_5_vl.rope import text_positions
 from jaxbiqa.processing import pad_rows
 from jaxbiqa.rollout.batch import PromptBatch
-from jaxbiqa.rollout.options import RolloutConfig, SamplingConfig
+from jaxbiqa.config import RolloutSection, SamplingSection
 from jaxbiqa.rollout.pass2 import SpliceTables, caption_prompts, splice_prompts, splice_tables
 from jaxbiqa.rollout.sampler import Completion, DecodeSpec, Sampler, completion_texts, decode, prefill
 from jaxbiqa.rollout.textmatch import token_bytes
@@ -43,13 +43,13 @@ class RolloutResult(NamedTuple):
     pass2_texts: list[str] | None
 
 
-def _prefill(model, prompts: PromptBatch, config: SamplingConfig):
+def _prefill(model, prompts: PromptBatch, config: SamplingSection):
     return prefill(model, prompts, config.max_new_tokens, config.num_samples, config.cache_dtype)
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("pass1", "pass2", "max_caption"))
 def _two_pass_program(graphdef, state, prompts: PromptBatch, key, stops1, stops2, tables: SpliceTables, *,
-                      pass1: SamplingConfig, pass2: SamplingConfig, max_caption: int):
+                      pass1: SamplingSection, pass2: SamplingSection, max_caption: int):
     model = nnx.merge(graphdef, state)
     key1, key2 = jax.random.split(key)
     first, _ = decode(model, _prefill(model, prompts, pass1), key1, stops1, DecodeSpec.of(pass1))
@@ -60,14 +60,14 @@ def _two_pass_program(graphdef, state, prompts: PromptBatch, key, stops1, stops2
 
 
 class Rollout:
-    """Both passes for a fixed `RolloutConfig` and tokenizer; call with a model, a pass-1 batch and a key.
+    """Both passes for a fixed `RolloutSection` and tokenizer; call with a model, a pass-1 batch and a key.
 
     vocab: bytes of every token id (`textmatch.token_bytes(tokenizer, model vocab size)`);
     encode / decode: text <-> ids without special tokens added / with them skipped;
     render: caption -> pass-2 prompt text (`Processor.pass2_text`).
     """
 
-    def __init__(self, config: RolloutConfig, *, vocab: Sequence[bytes], encode: Callable[[str], list[int]],
+    def __init__(self, config: RolloutSection, *, vocab: Sequence[bytes], encode: Callable[[str], list[int]],
                  decode: Callable[[list[int]], str], render: Callable[[str], str],
                  encode_batch: Callable[[list[str]], list[list[int]]] | None = None):
         self.config = config
@@ -78,7 +78,7 @@ class Rollout:
         self.max_caption = config.max_caption_tokens or config.pass1.max_new_tokens + self.tables.head_width
 
     @classmethod
-    def from_processor(cls, config: RolloutConfig, processor, vocab_size: int) -> "Rollout":
+    def from_processor(cls, config: RolloutSection, processor, vocab_size: int) -> "Rollout":
         """From a `jaxbiqa.processing.Processor` (Qwen tokenizer and the method's prompts)."""
         tokenizer = processor.tokenizer
 

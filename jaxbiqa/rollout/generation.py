@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from jaxbiqa.rollout.options import SamplingConfig
+from jaxbiqa.config import SamplingSection
 from jaxbiqa.rollout.sampler import Sampler
 
 
@@ -48,7 +48,7 @@ def generate(model, input_ids, attention_mask=None, pixel_values=None, image_gri
         raise ValueError("stop_strings need the tokenizer (generate(..., stop_strings=..., tokenizer=tokenizer))")
     if pad_token_id is None:
         pad_token_id = eos[0] if eos else 0
-    config = SamplingConfig(max_new_tokens=max_new_tokens, num_samples=num_return_sequences, greedy=not do_sample,
+    config = SamplingSection(max_new_tokens=max_new_tokens, num_samples=num_return_sequences, greedy=not do_sample,
                             temperature=temperature, top_k=top_k or 0, top_p=top_p, stop_strings=stops,
                             eos_token_ids=eos, pad_token_id=pad_token_id,
                             prompt_buckets=tuple(prompt_buckets), cache_dtype=cache_dtype)

@@ -34,14 +34,14 @@ from flax import nnx
 from jaxbiqa.models.qwen2_5_vl.text import CACHE_AXES, KVCache, init_cache
 from jaxbiqa.rollout.batch import PromptBatch, prepare_prompts
 from jaxbiqa.rollout.logits import sample_tokens, token_logprob
-from jaxbiqa.rollout.options import SamplingConfig
+from jaxbiqa.config import SamplingSection
 from jaxbiqa.rollout.textmatch import StringMatcher, advance, build_matcher, token_bytes
 from jaxbiqa.sharding import constrain
 
 
 @dataclasses.dataclass(frozen=True)
 class DecodeSpec:
-    """What a compiled decode loop depends on (the static part of a `SamplingConfig`)."""
+    """What a compiled decode loop depends on (the static part of a `SamplingSection`)."""
 
     max_new_tokens: int
     greedy: bool
@@ -52,7 +52,7 @@ class DecodeSpec:
     pad_token_id: int
 
     @classmethod
-    def of(cls, config: SamplingConfig) -> "DecodeSpec":
+    def of(cls, config: SamplingSection) -> "DecodeSpec":
         # greedy ignores the sampling filters: normalised so that greedy configs share one program
         filters = (1.0, 0, 1.0) if config.greedy else (config.temperature, config.top_k, config.top_p)
         return cls(config.max_new_tokens, config.greedy, *filters, tuple(config.eos_token_ids), config.pad_token_id)
@@ -176,20 +176,20 @@ def matchers(strings: Sequence[str], vocab: Sequence[bytes] | None) -> tuple[Str
 
 
 class Sampler:
-    """One pass's compiled sampling for a fixed `SamplingConfig`.
+    """One pass's compiled sampling for a fixed `SamplingSection`.
 
     `vocab` (one byte string per token id, `textmatch.token_bytes`) is needed for stop strings.
     Models are passed per call (`nnx.Module`, possibly sharded under `jax.set_mesh`); the
     programs are compiled once per model structure, batch shape and prompt bucket.
     """
 
-    def __init__(self, config: SamplingConfig, vocab: Sequence[bytes] | None = None):
+    def __init__(self, config: SamplingSection, vocab: Sequence[bytes] | None = None):
         self.config = config
         self.spec = DecodeSpec.of(config)
         self.stops = matchers(config.stop_strings, vocab)
 
     @classmethod
-    def from_tokenizer(cls, config: SamplingConfig, tokenizer, vocab_size: int) -> "Sampler":
+    def from_tokenizer(cls, config: SamplingSection, tokenizer, vocab_size: int) -> "Sampler":
         return cls(config, token_bytes(tokenizer, vocab_size) if config.stop_strings else None)
 
     def prepare(self, model, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None) -> PromptBatch:

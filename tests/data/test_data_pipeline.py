@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from jaxbiqa.data.access import RecordList
-from jaxbiqa.data.options import DataSection
+from jaxbiqa.config import DataSection
 from jaxbiqa.data.pipeline import BatchPlan, ProcessRows, batches_per_epoch, build_dataset, make_pipeline
 from jaxbiqa.data.records import BadRecordError, SkipReport, make_record
 
@@ -97,7 +97,7 @@ def test_eval_pipeline_reads_every_record_once_in_order(synth_dir):
 RESUME = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from jaxbiqa.data.options import DataSection
+    from jaxbiqa.config import DataSection
     from jaxbiqa.data.pipeline import make_pipeline
 
     if __name__ == "__main__":  # grain's worker processes import this file again

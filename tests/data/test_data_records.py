@@ -110,7 +110,7 @@ def test_summarise_counts():
 
 
 def test_data_section_rejects_bad_values():
-    from jaxbiqa.data.options import DataSection
+    from jaxbiqa.config import DataSection
 
     DataSection()
     cases = (({"global_batch_size": 0}, "global_batch_size=0"),

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from jaxbiqa.data.options import DataSection
+from jaxbiqa.config import DataSection
 from jaxbiqa.data.pipeline import make_pipeline
 from jaxbiqa.data.records import FLOAT_FIELDS, STRING_FIELDS, BadRecordError
 from jaxbiqa.data.sources import read_jsonl

@@ -15,10 +15,9 @@ from flax import nnx
 
 from jaxbiqa.checkpoint import Checkpointer
 from jaxbiqa.cli import main
-from jaxbiqa.config import load_config
+from jaxbiqa.config import OptimSection, load_config
 from jaxbiqa.eval.policy import CheckpointError, find_checkpoint, load_policy
 from jaxbiqa.models.build import build_policy
-from jaxbiqa.rl.options import OptimSection
 from jaxbiqa.rl.step import TrainStep
 from jaxbiqa.sft import sft_loss
 

@@ -14,6 +14,7 @@ from jaxbiqa.rewards import (
     make_reward,
     reasoning_reward,
     reward_params,
+    reward_specs,
     score_reward,
     self_consistency_reward,
 )
@@ -42,7 +43,7 @@ def test_registered_names() -> None:
 
 
 def test_method_rewards_sum_their_components() -> None:
-    fn = build_reward(load_config("humaniqa").rewards.specs())
+    fn = build_reward(reward_specs(load_config("humaniqa").rewards))
     total, parts = fn(TEXTS, BATCH)
     assert fn.labels == ("score", "self_consistency", "reasoning")
     assert total.dtype == np.float32 and total.shape == (4,)
@@ -70,9 +71,9 @@ def test_weights_mappings_and_repeated_names() -> None:
 
 @pytest.mark.parametrize("recipe", ["humaniqa", "qinsight_score", "visualquality_r1"])
 def test_recipe_rewards_build_and_run(recipe: str) -> None:
-    specs = load_config(recipe, ["rewards.weights.format=1.0"]).rewards.specs()
+    specs = reward_specs(load_config(recipe, ["rewards.weights.format=1.0"]).rewards)
     total, parts = build_reward(specs)(TEXTS, BATCH)
-    assert total.shape == (4,) and set(parts) == {s["name"] for s in specs}
+    assert total.shape == (4,) and set(parts) == {s.name for s in specs}
     assert "format" in parts
 
 

@@ -10,8 +10,7 @@ import json
 import numpy as np
 from trainer_helpers import make_assets, tiny_config
 
-from jaxbiqa.rl.options import OptimSection, SFTSection
-from jaxbiqa.rl.train_options import TrainSection
+from jaxbiqa.config import OptimSection, SFTSection, TrainSection
 from jaxbiqa.rl.trainer import Trainer
 
 STEPS = 24

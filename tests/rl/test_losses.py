@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxbiqa.rl import losses
-from jaxbiqa.rl.options import GRPOSection
+from jaxbiqa.config import GRPOSection
 
 B, C, G = 8, 6, 4
 

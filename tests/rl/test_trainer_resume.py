@@ -17,10 +17,8 @@ from safetensors.numpy import load_file
 from trainer_helpers import make_assets, tiny_config
 
 from jaxbiqa.checkpoint import PreemptionGuard
-from jaxbiqa.config import ModelSection
+from jaxbiqa.config import GRPOSection, ModelSection, SFTSection, TrainSection
 from jaxbiqa.rl import trainer as trainer_module
-from jaxbiqa.rl.options import GRPOSection, SFTSection
-from jaxbiqa.rl.train_options import TrainSection
 from jaxbiqa.rl.trainer import REFERENCE_ITEM, Trainer
 
 GRPO_STEPS = 3

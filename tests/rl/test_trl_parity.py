@@ -11,7 +11,7 @@ from flax import nnx
 from tiny_models import EOS, PAD, VOCAB, random_model, tiny_config
 
 from jaxbiqa.models.qwen2_5_vl import trainable_filter
-from jaxbiqa.rl.options import GRPOSection, OptimSection
+from jaxbiqa.config import GRPOSection, OptimSection
 from jaxbiqa.rl.step import TrainStep, grpo_loss, pack_batch
 
 torch = pytest.importorskip("torch")

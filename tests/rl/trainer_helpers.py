@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jaxbiqa.config import Config, ModelSection
-from jaxbiqa.data.options import DataSection
+from jaxbiqa.config import (
+    CheckpointSection, Config, DataSection, GRPOSection, ModelSection, OptimSection, RolloutSection, SFTSection,
+    SamplingSection)
 from jaxbiqa.demo_assets import ENDOFTEXT_ID, IM_END_ID, DemoModelSpec, build_demo_tokenizer, demo_model_config
-from jaxbiqa.rl.options import CheckpointSection, GRPOSection, OptimSection, SFTSection
-from jaxbiqa.rollout.options import RolloutConfig, SamplingConfig
 
 TINY_SPEC = DemoModelSpec(bpe_vocab=1536, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                           num_kv_heads=1, vision_depth=1, vision_hidden=32, vision_intermediate=32, vision_heads=2)
@@ -41,10 +40,10 @@ def tiny_settings(model_dir: Path, data_dir: Path, output_dir: Path) -> dict:
                          max_pixels=side, min_pixels=side, num_epochs=1, synthetic_num_photos=4,
                          synthetic_crop_size=IMAGE_SIDE, synthetic_crops_per_photo=1, synthetic_types_per_crop=1,
                          read_threads=1, prefetch_buffer_size=2),
-        rollout=RolloutConfig(
-            pass1=SamplingConfig(max_new_tokens=48, num_samples=2, stop_strings=("</answer>",), eos_token_ids=eos,
+        rollout=RolloutSection(
+            pass1=SamplingSection(max_new_tokens=48, num_samples=2, stop_strings=("</answer>",), eos_token_ids=eos,
                                  pad_token_id=ENDOFTEXT_ID),
-            pass2=SamplingConfig(max_new_tokens=12, stop_strings=("</answer>",), eos_token_ids=eos,
+            pass2=SamplingSection(max_new_tokens=12, stop_strings=("</answer>",), eos_token_ids=eos,
                                  pad_token_id=ENDOFTEXT_ID)),
         grpo=GRPOSection(num_generations=2, beta=1e-3),
         optim=OptimSection(learning_rate=1e-3, schedule="constant", freeze_vision=True),

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from rollout_helpers import EOS, PAD, THINK, TOY_VOCAB, image_prompts, random_model, toy_decode, toy_encode
 
-from jaxbiqa.rollout import Rollout, RolloutConfig, SamplingConfig
+from jaxbiqa.rollout import Rollout, RolloutSection, SamplingSection
 
 
 def render(caption: str) -> str:
     return "Q: the image described as " + caption + ", rate it.\nA:"
 
 
-def rollout(config: RolloutConfig) -> Rollout:
+def rollout(config: RolloutSection) -> Rollout:
     return Rollout(config, vocab=TOY_VOCAB, encode=toy_encode, decode=toy_decode, render=render)
 
 
@@ -32,10 +32,10 @@ def model():
 @pytest.fixture(scope="module")
 def config():
     # the shapes and pass-1 settings of test_sampler's group sampling: the compiled programs are shared
-    pass1 = SamplingConfig(max_new_tokens=20, num_samples=2, temperature=0.8, top_k=20, top_p=0.9,
+    pass1 = SamplingSection(max_new_tokens=20, num_samples=2, temperature=0.8, top_k=20, top_p=0.9,
                            eos_token_ids=(10_000,), pad_token_id=PAD, prompt_buckets=(24, 48))
-    pass2 = SamplingConfig(max_new_tokens=8, greedy=True, eos_token_ids=(EOS,), pad_token_id=PAD)
-    return RolloutConfig(pass1=pass1, pass2=pass2)
+    pass2 = SamplingSection(max_new_tokens=8, greedy=True, eos_token_ids=(EOS,), pad_token_id=PAD)
+    return RolloutSection(pass1=pass1, pass2=pass2)
 
 
 def inputs():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxbiqa.processing import Processor, build_qwen2_5_tokenizer, load_tokenizer, make_image_processor
-from jaxbiqa.rollout import Rollout, RolloutConfig, caption_prompts, splice_prompts, splice_tables, token_bytes
+from jaxbiqa.rollout import Rollout, RolloutSection, caption_prompts, splice_prompts, splice_tables, token_bytes
 from jaxbiqa.rollout.textmatch import advance
 
 PAD = 151643
@@ -141,7 +141,7 @@ def test_template_must_hold_the_caption_once(tools):
 def test_rollout_from_processor_stops_after_the_answer_tag(processor, tools):
     """The method's rollout on the real vocabulary: `</answer>` ends a row whatever token follows it."""
     encode, _, _ = tools
-    rollout = Rollout.from_processor(RolloutConfig(), processor, VOCAB_SIZE)
+    rollout = Rollout.from_processor(RolloutSection(), processor, VOCAB_SIZE)
     assert rollout.render("x") == processor.pass2_text("x") and rollout.decode(encode("a b")) == "a b"
     stop = rollout.pass1.stops[0]
     for text, ends in [('<answer>{"rating": 3}</answer>', True), ("</answer>\n", True), ("</answer", False),

@@ -10,7 +10,7 @@ from flax import nnx
 from rollout_helpers import PAD, TOY_VOCAB, image_prompts, shared_model, tiny_config, toy_decode
 
 from jaxbiqa.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
-from jaxbiqa.rollout import SamplingConfig, Sampler, generate
+from jaxbiqa.rollout import SamplingSection, Sampler, generate
 from jaxbiqa.rollout.sampler import _decode_program, _prefill_program
 from jaxbiqa.sharding import make_mesh, state_shardings
 
@@ -20,8 +20,8 @@ BUCKETS = (24, 48)
 SAMPLED = dict(temperature=0.8, top_k=20, top_p=0.9)
 
 
-def config(**changes) -> SamplingConfig:
-    return SamplingConfig(**{"max_new_tokens": N, "eos_token_ids": (NEVER,), "pad_token_id": PAD,
+def config(**changes) -> SamplingSection:
+    return SamplingSection(**{"max_new_tokens": N, "eos_token_ids": (NEVER,), "pad_token_id": PAD,
                              "prompt_buckets": BUCKETS, **changes})
 
 

@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxbiqa import distributed
-from jaxbiqa.runtime_options import RuntimeSection
+from jaxbiqa.config import RuntimeSection
 from jaxbiqa.sharding import logical_to_spec
 
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}

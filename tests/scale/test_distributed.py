@@ -19,8 +19,7 @@ import pytest
 from cluster_worker import MESH, ROWS, compute, inputs
 
 from jaxbiqa import distributed
-from jaxbiqa.config import ConfigError, from_dict
-from jaxbiqa.runtime_options import RuntimeSection
+from jaxbiqa.config import ConfigError, RuntimeSection, from_dict
 from jaxbiqa.sharding import DEFAULT_RULES
 
 REPO = Path(__file__).resolve().parents[2]

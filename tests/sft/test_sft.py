@@ -11,7 +11,7 @@ from flax import nnx
 
 from jaxbiqa.models.qwen2_5_vl import trainable_filter
 from jaxbiqa.processing import pad_rows
-from jaxbiqa.rl.options import OptimSection
+from jaxbiqa.config import OptimSection
 from jaxbiqa.rl.step import TrainStep, pack_batch
 from jaxbiqa.sft import sft_loss
 

@@ -44,6 +44,7 @@ from safetensors.numpy import save_file
 
 from jaxbiqa.models.qwen2_5_vl.config import ModelConfig, VisionConfig, from_hf
 from jaxbiqa.models.qwen2_5_vl.lora import merge_lora
+from jaxbiqa.models.qwen2_5_vl.model import Qwen2_5_VLForConditionalGeneration
 from jaxbiqa.models.qwen2_5_vl.vision import conv3d_weight_to_kernel, kernel_to_conv3d_weight
 from jaxbiqa.sharding import DEFAULT_RULES, LogicalRules, state_shardings
 
@@ -316,8 +317,6 @@ def leaf_shardings(state: nnx.State, mesh: Any | None, rules: LogicalRules = DEF
 
 def abstract_model(config: ModelConfig, seed: int = 0) -> nnx.Module:
     """The model with `jax.ShapeDtypeStruct` leaves: its structure and shapes, nothing allocated."""
-    from jaxbiqa.models.qwen2_5_vl.model import Qwen2_5_VLForConditionalGeneration
-
     return nnx.eval_shape(lambda: Qwen2_5_VLForConditionalGeneration(config, rngs=nnx.Rngs(seed)))
 
 
@@ -328,8 +327,6 @@ def _initialise(config: ModelConfig, seed: int, paths: Sequence[StatePath],
     The whole model is traced but only these leaves are outputs, so XLA drops every other
     initialiser and the base weights are never allocated.
     """
-    from jaxbiqa.models.qwen2_5_vl.model import Qwen2_5_VLForConditionalGeneration
-
     def init() -> list[jax.Array]:
         flat = dict(nnx.to_flat_state(nnx.state(Qwen2_5_VLForConditionalGeneration(config, rngs=nnx.Rngs(seed)))))
         return [flat[p].get_value() for p in paths]
