@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("config", ("jaxbiqa.config",)),
     ("infra", ("jaxbiqa.sharding", "jaxbiqa.distributed", "jaxbiqa.checkpoint")),
     ("models", ("jaxbiqa.models",)),
-    ("processing, data", ("jaxbiqa.prompts", "jaxbiqa.processing", "jaxbiqa.data", "jaxbiqa.models.build")),
+    ("processing, data", ("jaxbiqa.prompts", "jaxbiqa.parse", "jaxbiqa.processing", "jaxbiqa.data", "jaxbiqa.models.build")),
     ("rollout", ("jaxbiqa.rollout",)),
     ("rewards", ("jaxbiqa.rewards",)),
     ("rl, sft", ("jaxbiqa.rl.losses", "jaxbiqa.rl.step", "jaxbiqa.rl.batches", "jaxbiqa.rl.references",
@@ -30,7 +30,6 @@ TOP = len(LAYERS) - 1
 # (importer, imported) pairs that still point up; remove an entry when its import is gone
 KNOWN_UPWARD = {
     ("jaxbiqa.models.build", "jaxbiqa.demo_assets"),     # the demo: model path scheme
-    ("jaxbiqa.rollout.pass2", "jaxbiqa.rewards.parse"),  # caption extraction lives with the rewards
     ("jaxbiqa.rl.trainer", "jaxbiqa.eval.evaluate"),     # the trainer runs the evaluation itself
 }
 

@@ -13,7 +13,7 @@ b draws with `fold_in(key(seed), b)`. Shapes are static: every batch holds image
 with copies of its last row, whose outputs are dropped) and its prompts to the pass-1 bucket, so
 the program compiles once per image size (and bucket) and never again (`Evaluator.compile_count`).
 
-Ratings are read with `jaxbiqa.rewards.parse_rating` (tolerant by default, the authors' strict
+Ratings are read with `jaxbiqa.parse.parse_rating` (tolerant by default, the authors' strict
 regex with `strict_parse`); an unparsable output, or a pass 2 skipped because no caption could be
 split out, is stored as null. The predictions file (`predictions.jsonl`) follows the jaxbiqa
 JSON-lines schema of `jaxbiqa.eval.predictions`: `dataset`, `image` (the record id), `gt_score`
@@ -51,7 +51,7 @@ from jaxbiqa.eval.metrics import INVALID_SENTINEL, OnInvalid, gap, iqa_metrics
 from jaxbiqa.eval.predictions import SCORE_COLUMNS, json_safe
 from jaxbiqa.eval.metrics import is_lower_is_better
 from jaxbiqa.models.qwen2_5_vl.rope import text_positions
-from jaxbiqa.rewards.parse import parse_rating, split_caption, tag_content
+from jaxbiqa.parse import parse_rating, split_caption, tag_content
 from jaxbiqa.rollout.batch import PromptBatch, prepare_prompts
 from jaxbiqa.config import RolloutSection, SamplingSection
 from jaxbiqa.rollout.pass2 import SpliceTables, splice_tables, splice_prompts

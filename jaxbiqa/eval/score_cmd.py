@@ -61,7 +61,7 @@ def score_images(model, processor, images: Sequence[np.ndarray], names: Sequence
     from jaxbiqa.data.images import resize_image, resized_size
     from jaxbiqa.data.pipeline import Pass1Preprocess, collate
     from jaxbiqa.eval.evaluate import Evaluator, completion_parts, fill_batch
-    from jaxbiqa.rewards.parse import parse_rating
+    from jaxbiqa.parse import parse_rating
 
     evaluator = Evaluator(processor, rollout, model.config.text.vocab_size, settings)
     preprocess = Pass1Preprocess(processor)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxbiqa.rewards.base import Batch, RewardFn
-from jaxbiqa.rewards.parse import DEFAULT_RANGE, Range, rating_in_answer
+from jaxbiqa.parse import DEFAULT_RANGE, Range, rating_in_answer
 
 METHOD_TAGS = ("caption", "think", "answer")
 QINSIGHT_TAGS = ("think", "answer")

@@ -20,7 +20,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from jaxbiqa.rewards.base import Batch, RewardFn, column, float_column
-from jaxbiqa.rewards.parse import DEFAULT_RANGE, Range, parse_ratings
+from jaxbiqa.parse import DEFAULT_RANGE, Range, parse_ratings
 
 
 def fidelity(

@@ -23,7 +23,7 @@ from rouge_score.rouge_scorer import RougeScorer
 from rouge_score.tokenizers import DefaultTokenizer
 
 from jaxbiqa.rewards.base import Batch, RewardFn, column
-from jaxbiqa.rewards.parse import tag_content
+from jaxbiqa.parse import tag_content
 
 HUMAN_FIELDS: tuple[str, ...] = ("description", "good_aspect", "bad_aspect")
 MEASURES: tuple[str, ...] = ("precision", "recall", "fmeasure")

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 
 from jaxbiqa.rewards.base import Batch, RewardFn, float_column
-from jaxbiqa.rewards.parse import DEFAULT_RANGE, Range, parse_ratings
+from jaxbiqa.parse import DEFAULT_RANGE, Range, parse_ratings
 
 Kind = Literal["threshold", "cosine", "gaussian"]
 KINDS: tuple[str, ...] = ("threshold", "cosine", "gaussian")

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbiqa.parse import split_caption
 from jaxbiqa.rollout.textmatch import StringMatcher, build_matcher, first_match
 
 # stands in for the caption when the template is split into prefix and suffix
@@ -44,14 +45,12 @@ def caption_prompts(completions: Sequence[str], render: Callable[[str], str], en
                     until: str, max_caption_tokens: int | None = None) -> tuple[list[list[int]], np.ndarray]:
     """Host path: pass-2 prompt ids and `has_caption [R]` for pass-1 completion texts.
 
-    The caption is `jaxbiqa.rewards.split_caption(text, until=until)` ("think" or "answer"): the
+    The caption is `jaxbiqa.parse.split_caption(text, until=until)` ("think" or "answer"): the
     text before the first `<until>` tag, missing when there is no tag or only whitespace before
     it. `render(caption)` is the pass-2 prompt text (e.g. `Processor.pass2_text`), `encode`
     tokenizes without adding special tokens. A completion without a caption, or whose caption is
     longer than `max_caption_tokens` tokens, gets the empty-caption prompt and `has_caption=False`.
     """
-    from jaxbiqa.rewards.parse import split_caption  # the rewards package imports rouge-score
-
     prompts, flags = [], []
     for text in completions:
         caption = split_caption(text, until=until)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from jaxbiqa.rewards.parse import parse_rating, parse_ratings, rating_in_answer, split_caption, tag_content
+from jaxbiqa.parse import parse_rating, parse_ratings, rating_in_answer, split_caption, tag_content
 
 RELEASED = (
     "<caption>\nA stone carving.\n</caption>\n\n<think>\nWell focused.\n</think>\n\n"
