@@ -1,11 +1,12 @@
-# The two commands of the README: `make demo` (set up, then run the offline demo) and `make test`.
+# The two commands of the README: `make demo` (set up, then run the offline demo) and `make test`
+# (the fast lane); CI also runs `make test-slow` (trainings in subprocesses, clusters, the demo) and `make test-parity`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-base
 PARITY_STAMP := $(VENV)/.installed-parity
 
-.PHONY: setup demo test test-parity clean
+.PHONY: setup demo test test-slow test-parity clean
 
 setup: $(STAMP)
 
@@ -19,7 +20,10 @@ demo: $(STAMP)
 	$(BIN)/jaxbiqa demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow and not parity"
 
 # Parity with transformers' PyTorch models: installs the CPU torch wheel (about 1 GB), then runs those tests only.
 $(PARITY_STAMP): $(STAMP)

@@ -15,6 +15,8 @@ from jaxbiqa.cli import main
 from jaxbiqa.demo import DEMO_CONFIG, SETS, SUMMARY
 from jaxbiqa.demo_assets import DemoModelSpec, ensure_demo_model
 
+pytestmark = pytest.mark.slow  # the whole demo, shortened
+
 pytest.importorskip("skimage")
 pytest.importorskip("matplotlib")
 

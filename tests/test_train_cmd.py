@@ -21,6 +21,8 @@ from safetensors.numpy import load_file
 sys.path.insert(0, str(Path(__file__).parent / "rl"))
 from trainer_helpers import make_assets, write_config_file  # noqa: E402
 
+pytestmark = pytest.mark.slow  # subprocess trainings killed and resumed
+
 PREEMPTED = 75
 
 

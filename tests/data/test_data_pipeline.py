@@ -111,7 +111,8 @@ RESUME = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("dataset, workers", [("synthetic", 0), ("synthetic", 2), ("mixed", 0)])
+@pytest.mark.parametrize("dataset, workers", [("synthetic", 0), pytest.param("synthetic", 2, marks=pytest.mark.slow),
+                                             ("mixed", 0)])
 def test_resume_in_a_new_process_gives_the_same_batches(synth_dir, mixed, tmp_path, dataset, workers):
     data = options(synth_dir, num_workers=workers) if dataset == "synthetic" else mixed_options(mixed)
     k, more = (3, 4) if dataset == "synthetic" else (6, 4)  # mixed: 8 batches an epoch, so across epochs

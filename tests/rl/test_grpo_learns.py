@@ -8,10 +8,13 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 from trainer_helpers import make_assets, tiny_config
 
 from jaxbiqa.config import OptimSection, SFTSection, TrainSection
 from jaxbiqa.rl.trainer import Trainer
+
+pytestmark = pytest.mark.slow  # a GRPO training run
 
 STEPS = 24
 

@@ -123,6 +123,7 @@ def test_global_batch_sizes_must_divide_over_the_processes(tmp_path):
                 train=TrainSection(sft_batch_size=6))
 
 
+@pytest.mark.slow  # two trainings
 def test_two_image_sizes_train_with_one_compile_per_size(tmp_path_factory):
     """Square and 3:2 images (56x56 and 84x56 at 4,704 pixels): batches of one size each, vision plans
     cached per (grid, images), and each program compiles once per size, never again."""

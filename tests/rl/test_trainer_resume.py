@@ -21,6 +21,8 @@ from jaxbiqa.config import GRPOSection, ModelSection, SFTSection, TrainSection
 from jaxbiqa.rl import trainer as trainer_module
 from jaxbiqa.rl.trainer import REFERENCE_ITEM, Trainer
 
+pytestmark = pytest.mark.slow  # trainings with warm start, checkpoints and resume
+
 GRPO_STEPS = 3
 TRAIN = TrainSection(max_steps=GRPO_STEPS, progress=False, tensorboard=False, samples_every=0, eval_at_end=False,
                      eval_after_sft=False)

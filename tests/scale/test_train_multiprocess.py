@@ -35,6 +35,8 @@ from jaxbiqa.data.pipeline import ensure_synthetic  # noqa: E402
 from jaxbiqa.models.build import abstract_policy  # noqa: E402
 from jaxbiqa.rl.trainer import REFERENCE_ITEM, Trainer  # noqa: E402
 
+pytestmark = pytest.mark.slow  # one config trained on 1 device, 8 devices and 2 processes
+
 REPO = Path(__file__).resolve().parents[2]
 SFT_STEPS, GRPO_STEPS = 2, 2
 FINAL = SFT_STEPS + GRPO_STEPS
