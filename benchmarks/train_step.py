@@ -27,6 +27,7 @@ from flax import nnx
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from jaxbiqa.config import GRPOSection, OptimSection
 from jaxbiqa.models.qwen2_5_vl import (
     ModelConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -34,7 +35,6 @@ from jaxbiqa.models.qwen2_5_vl import (
     VisionConfig,
     trainable_filter,
 )
-from jaxbiqa.config import GRPOSection, OptimSection
 from jaxbiqa.rl.step import TrainStep, grpo_loss, pack_batch
 
 VOCAB, PAD, EOS = 4096, 4003, 4004

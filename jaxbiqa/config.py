@@ -1,5 +1,8 @@
 """Configs: frozen dataclasses, loaded from Python files in `configs/`, with typed `--set` overrides.
 
+Every section of the config is defined here, in one leaf module (no JAX, no other jaxbiqa module),
+so anything can read a config without pulling in the layers that act on it.
+
 A config file defines `get_config() -> Config`. Overrides are `dotted.key=value` strings; the
 value is parsed for the field's declared type (int, float, bool, str, Literal, tuple, Optional,
 dict entries), and an unknown key fails listing the valid keys with the closest one suggested.
@@ -21,10 +24,9 @@ from typing import Any, Literal
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
-# -------------------- runtime
-# The `runtime` section of the config: devices, mesh, multi-process start-up, compilation cache.
-#
-# No heavy imports here (the global config holds this section); `jaxbiqa.distributed` acts on it.
+# ---------------------------------------------------------------- runtime
+# The `runtime` section: devices, mesh, multi-process start-up, compilation cache; `jaxbiqa.distributed`
+# acts on it.
 #
 # Mesh: `mesh` gives the axis sizes over the devices of one slice (or one host, or everything when
 # `dcn_mesh` is empty); `dcn_mesh` gives how many slices (TPU) or processes (GPU / CPU hosts) each
@@ -54,7 +56,7 @@ def _check_shape(name: str, shape: dict[str, int], problems: list[str]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeSection:
-    # mesh axis sizes within a slice (ICI) and across slices / hosts (DCN); see the module docstring
+    # mesh axis sizes within a slice (ICI) and across slices / hosts (DCN); see the comment above
     mesh: dict[str, int] = dataclasses.field(default_factory=lambda: {"data": 1, "fsdp": -1, "tensor": 1})
     dcn_mesh: dict[str, int] = dataclasses.field(default_factory=dict)  # empty: one slice / no DCN axis
     # logical axis -> mesh axes, overriding jaxbiqa.sharding.DEFAULT_RULES: "fsdp", "data,fsdp",
@@ -94,8 +96,8 @@ class RuntimeSection:
             raise ValueError("; ".join(problems))
 
 
-# -------------------- data
-# The `data` section of the config: every option of the data layer (no heavy imports here).
+# ---------------------------------------------------------------- data
+# The `data` section: every option of the data layer.
 #
 # Dataset specs (`train`, `eval`) are strings, one per dataset, mixed freely:
 # * `KIND:PATH`: a reader of `jaxbiqa.data.sources` (koniq, spaq, kadid, live_challenge, agiqa3k,
@@ -165,8 +167,8 @@ class DataSection:
             raise ValueError("data section: " + "; ".join(problems))
 
 
-# -------------------- rollout
-# Options of the rollout engine (no heavy imports): one pass's sampling, and the two-pass rollout.
+# ---------------------------------------------------------------- rollout
+# Options of the rollout engine: one pass's sampling, and the two-pass rollout.
 #
 # Every field is static for the compiled sampler: changing one compiles a new program, so a run
 # keeps them fixed. `SamplingSection` is one pass (also what `jaxbiqa.rollout.generate` builds from
@@ -240,11 +242,9 @@ class RolloutSection:
             raise ValueError(f"RolloutSection.max_caption_tokens={self.max_caption_tokens} must be >= 0")
 
 
-# -------------------- grpo, optim, sft, checkpoint
-# Config sections of the update: GRPO loss, optimizer, supervised warm start, checkpoints.
-#
-# Plain frozen dataclasses with no heavy imports, so the global config can hold them. Defaults are
-# the authors' trainer (method.md section 5) unless a field says otherwise.
+# ---------------------------------------------------------------- grpo, optim, sft, checkpoint
+# Sections of the update: GRPO loss, optimizer, supervised warm start, checkpoints. Defaults are the
+# authors' trainer (method.md section 5) unless a field says otherwise.
 
 
 Advantage = Literal["grpo", "drgrpo", "rloo"]
@@ -337,10 +337,9 @@ class CheckpointSection:
             raise ValueError("checkpoint.save_interval_steps and checkpoint.max_to_keep must be >= 1")
 
 
-# -------------------- train
+# ---------------------------------------------------------------- train
 # Options of the training loop (`jaxbiqa.rl.trainer`): run length, the two passes' roles, logging
-# and the final evaluation. A plain frozen dataclass with no heavy imports, for the global config
-# (`Config.train`).
+# and the final evaluation.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,7 +377,7 @@ class TrainSection:
             raise ValueError(f"train.log_every must be >= 1, got {self.log_every}")
 
 
-# -------------------- the whole config
+# ---------------------------------------------------------------- the whole config
 
 
 class ConfigError(ValueError):

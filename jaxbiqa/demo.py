@@ -158,13 +158,13 @@ def headline(sets: dict[str, tuple[Path, dict]], report_metrics: dict, warm_star
     figures: dict[str, Any] = {}
     extras: dict[str, Any] = {}
     for label, (folder, metrics) in sets.items():
-        [entry] = metrics["datasets"].values()  # the synthetic set
+        [(dataset, entry)] = metrics["datasets"].items()  # the synthetic set
         columns = entry["columns"]
         figures[label] = {column: {k: columns[column][k] for k in ("n", "n_invalid", "srcc", "plcc")}
                           for column in columns}
         if "caption_score" in columns:
-            figures[label]["caption_score"]["srcc_p_value"] = _p_value(folder / PREDICTIONS_FILE,
-                                                                       next(iter(metrics["datasets"])), "caption_score")
+            figures[label]["caption_score"]["srcc_p_value"] = _p_value(folder / PREDICTIONS_FILE, dataset,
+                                                                       "caption_score")
         extras[label] = {"gap": entry["gap"], **({"rouge1": entry["alignment"]} if "alignment" in entry else {})}
     training = report_metrics.get("training", {})
     rewards = {k: v for k, v in training.items() if k.startswith("reward/") and not k.endswith("_std")}

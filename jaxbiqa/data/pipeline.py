@@ -59,9 +59,9 @@ from typing import Any, NamedTuple
 import grain
 import numpy as np
 
+from jaxbiqa.config import DataSection
 from jaxbiqa.data.access import Concat, RecordList
 from jaxbiqa.data.images import decode_image, read_image_bytes, read_image_size, resize_image, resized_size
-from jaxbiqa.config import DataSection
 from jaxbiqa.data.records import FIELDS, FLOAT_FIELDS, BadRecordError, SkipReport, log
 
 Preprocess = Callable[[np.ndarray], Mapping[str, np.ndarray]]

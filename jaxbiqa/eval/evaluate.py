@@ -45,15 +45,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxbiqa.config import RolloutSection, SamplingSection
 from jaxbiqa.distributed import fetch
 from jaxbiqa.eval.alignment import HUMAN_FIELDS, human_reference, rouge1_alignment
-from jaxbiqa.eval.metrics import INVALID_SENTINEL, OnInvalid, gap, iqa_metrics
+from jaxbiqa.eval.metrics import INVALID_SENTINEL, OnInvalid, gap, iqa_metrics, is_lower_is_better
 from jaxbiqa.eval.predictions import SCORE_COLUMNS, json_safe
-from jaxbiqa.eval.metrics import is_lower_is_better
 from jaxbiqa.models.qwen2_5_vl.rope import text_positions
 from jaxbiqa.parse import parse_rating, split_caption, tag_content
 from jaxbiqa.rollout.batch import PromptBatch, prepare_prompts
-from jaxbiqa.config import RolloutSection, SamplingSection
 from jaxbiqa.rollout.pass2 import SpliceTables, splice_tables, splice_prompts
 from jaxbiqa.rollout.sampler import DecodeSpec, completion_texts, decode, matchers, prefill
 from jaxbiqa.rollout.textmatch import token_bytes

@@ -46,7 +46,6 @@ def _has_steps(path: Path) -> bool:
 
 def find_checkpoint(path: str | Path) -> tuple[str, Path, int | None]:
     """("hf", folder, None) or ("orbax", checkpoint directory, step or None) for a --checkpoint PATH."""
-
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"--checkpoint {path}: no such file or directory")
@@ -56,7 +55,6 @@ def find_checkpoint(path: str | Path) -> tuple[str, Path, int | None]:
         directory = path / CHECKPOINTS_DIR
         saved = path / RUN_CONFIG
         if saved.is_file():  # a run may keep its checkpoints elsewhere (checkpoint.directory)
-
             custom = json.loads(saved.read_text()).get("checkpoint", {}).get("directory")
             if custom:
                 directory = Path(custom)
@@ -88,8 +86,6 @@ def _path_key(path: Sequence[Any]) -> str:
 def restore_parameters(directory: Path, step: int | None) -> tuple[int, dict[str, Any], dict | None]:
     """(step, {state path: host array}, saved config) of a training checkpoint written by the trainer:
     its train state's `params` and `frozen` parts together hold every variable of the model."""
-
-
     try:
         host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     except RuntimeError:  # no CPU backend: restore to the default device
@@ -118,7 +114,6 @@ def restore_parameters(directory: Path, step: int | None) -> tuple[int, dict[str
 
 def fill_model(model, arrays: dict[str, Any], where: str):
     """Set every variable of `model` (abstract or not) from `arrays` (state path -> array)."""
-
     missing, wrong = [], []
     for path, variable in nnx.to_flat_state(nnx.state(model)):
         key = _path_key(path)

@@ -30,9 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from jaxbiqa.eval.alignment import load_human_texts, rouge1_alignment
-from jaxbiqa.eval.metrics import INVALID_SENTINEL, IQAMetrics, OnInvalid, gap, iqa_metrics
+from jaxbiqa.eval.metrics import INVALID_SENTINEL, IQAMetrics, OnInvalid, gap, iqa_metrics, is_lower_is_better
 from jaxbiqa.eval.predictions import COLUMN_LABELS, DatasetPredictions, json_safe, load_predictions
-from jaxbiqa.eval.metrics import is_lower_is_better
 
 PLOTS_DIR = "plots"
 METRIC_HEADER = ("score", "N", "invalid", "PLCC", "SRCC", "KRCC", "RMSE", "PLCC (logistic)", "RMSE (logistic)")

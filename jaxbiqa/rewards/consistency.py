@@ -11,8 +11,8 @@ from typing import Literal
 
 import numpy as np
 
-from jaxbiqa.rewards.base import Batch, RewardFn, column, float_column
 from jaxbiqa.parse import DEFAULT_RANGE, Range, parse_ratings
+from jaxbiqa.rewards.base import Batch, RewardFn, column, float_column
 from jaxbiqa.rewards.score import Kind, check_closeness_params, closeness
 
 

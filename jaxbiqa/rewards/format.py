@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxbiqa.rewards.base import Batch, RewardFn
 from jaxbiqa.parse import DEFAULT_RANGE, Range, rating_in_answer
+from jaxbiqa.rewards.base import Batch, RewardFn
 
 METHOD_TAGS = ("caption", "think", "answer")
 QINSIGHT_TAGS = ("think", "answer")

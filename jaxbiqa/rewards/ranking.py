@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import ndtr
 
-from jaxbiqa.rewards.base import Batch, RewardFn, column, float_column
 from jaxbiqa.parse import DEFAULT_RANGE, Range, parse_ratings
+from jaxbiqa.rewards.base import Batch, RewardFn, column, float_column
 
 
 def fidelity(

@@ -22,8 +22,8 @@ import numpy as np
 from rouge_score.rouge_scorer import RougeScorer
 from rouge_score.tokenizers import DefaultTokenizer
 
-from jaxbiqa.rewards.base import Batch, RewardFn, column
 from jaxbiqa.parse import tag_content
+from jaxbiqa.rewards.base import Batch, RewardFn, column
 
 HUMAN_FIELDS: tuple[str, ...] = ("description", "good_aspect", "bad_aspect")
 MEASURES: tuple[str, ...] = ("precision", "recall", "fmeasure")

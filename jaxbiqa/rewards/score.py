@@ -13,8 +13,8 @@ from typing import Literal
 
 import numpy as np
 
-from jaxbiqa.rewards.base import Batch, RewardFn, float_column
 from jaxbiqa.parse import DEFAULT_RANGE, Range, parse_ratings
+from jaxbiqa.rewards.base import Batch, RewardFn, float_column
 
 Kind = Literal["threshold", "cosine", "gaussian"]
 KINDS: tuple[str, ...] = ("threshold", "cosine", "gaussian")

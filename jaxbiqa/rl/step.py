@@ -33,9 +33,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxbiqa.config import GRPOSection, OptimSection
 from jaxbiqa.models.qwen2_5_vl import text_positions, token_logprobs
 from jaxbiqa.rl.losses import LossTerms, completion_mask, finish, grpo_objective
-from jaxbiqa.config import GRPOSection, OptimSection
 from jaxbiqa.sharding import DEFAULT_RULES, LogicalRules, constrain, sharding_for, state_shardings
 
 Batch = Mapping[str, Any]

@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxbiqa.config import RolloutSection, SamplingSection
 from jaxbiqa.distributed import fetch
 from jaxbiqa.models.qwen2_5_vl.rope import text_positions
 from jaxbiqa.processing import pad_rows
 from jaxbiqa.rollout.batch import PromptBatch
-from jaxbiqa.config import RolloutSection, SamplingSection
 from jaxbiqa.rollout.pass2 import SpliceTables, caption_prompts, splice_prompts, splice_tables
 from jaxbiqa.rollout.sampler import Completion, DecodeSpec, Sampler, completion_texts, decode, prefill
 from jaxbiqa.rollout.textmatch import token_bytes

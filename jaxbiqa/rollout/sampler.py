@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxbiqa.config import SamplingSection
 from jaxbiqa.models.qwen2_5_vl.text import CACHE_AXES, KVCache, init_cache
 from jaxbiqa.rollout.batch import PromptBatch, prepare_prompts
 from jaxbiqa.rollout.logits import sample_tokens, token_logprob
-from jaxbiqa.config import SamplingSection
 from jaxbiqa.rollout.textmatch import StringMatcher, advance, build_matcher, token_bytes
 from jaxbiqa.sharding import constrain
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxbiqa.data.access import RecordList
 from jaxbiqa.config import DataSection
+from jaxbiqa.data.access import RecordList
 from jaxbiqa.data.pipeline import BatchPlan, ProcessRows, batches_per_epoch, build_dataset, make_pipeline
 from jaxbiqa.data.records import BadRecordError, SkipReport, make_record
 

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbiqa.rl import losses
 from jaxbiqa.config import GRPOSection
+from jaxbiqa.rl import losses
 
 B, C, G = 8, 6, 4
 

@@ -9,9 +9,9 @@ import pytest
 from flax import nnx
 from tiny_models import EOS, PAD, grpo_batch, random_model, tiny_config
 
+from jaxbiqa.config import GRPOSection, OptimSection
 from jaxbiqa.models.qwen2_5_vl import LoraConfig, get_rope_index, text_positions, trainable_filter, vision_plan
 from jaxbiqa.rl.losses import finish
-from jaxbiqa.config import GRPOSection, OptimSection
 from jaxbiqa.rl.step import TrainStep, completion_logprobs, grpo_loss, make_schedule, pack_batch
 from jaxbiqa.sharding import make_mesh
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from trainer_helpers import make_assets, tiny_config
 
+from jaxbiqa.config import TrainSection
 from jaxbiqa.eval.metrics import iqa_metrics
 from jaxbiqa.eval.predictions import load_predictions
-from jaxbiqa.config import TrainSection
 from jaxbiqa.rl.trainer import Trainer
 
 SFT_STEPS, GRPO_STEPS, NAN_STEP = 2, 5, 3  # NAN_STEP: the GRPO step whose rewards get a NaN

@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 from tiny_models import EOS, PAD, VOCAB, random_model, tiny_config
 
-from jaxbiqa.models.qwen2_5_vl import trainable_filter
 from jaxbiqa.config import GRPOSection, OptimSection
+from jaxbiqa.models.qwen2_5_vl import trainable_filter
 from jaxbiqa.rl.step import TrainStep, grpo_loss, pack_batch
 
 torch = pytest.importorskip("torch")

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxbiqa.config import OptimSection
 from jaxbiqa.models.qwen2_5_vl import trainable_filter
 from jaxbiqa.processing import pad_rows
-from jaxbiqa.config import OptimSection
 from jaxbiqa.rl.step import TrainStep, pack_batch
 from jaxbiqa.sft import sft_loss
 

@@ -327,6 +327,7 @@ def _initialise(config: ModelConfig, seed: int, paths: Sequence[StatePath],
     The whole model is traced but only these leaves are outputs, so XLA drops every other
     initialiser and the base weights are never allocated.
     """
+
     def init() -> list[jax.Array]:
         flat = dict(nnx.to_flat_state(nnx.state(Qwen2_5_VLForConditionalGeneration(config, rngs=nnx.Rngs(seed)))))
         return [flat[p].get_value() for p in paths]
