@@ -54,7 +54,7 @@ def get_config() -> Config:
             pass1=SamplingSection(max_new_tokens=NEW_TOKENS, num_samples=4, temperature=1.0, top_k=TOP_K,
                                  stop_strings=("</answer>",), prompt_buckets=(320, 384, 512)),
             pass2=SamplingSection(max_new_tokens=NEW_TOKENS, num_samples=1, temperature=1.0, top_k=TOP_K,
-                                 stop_strings=("</answer>",), prompt_buckets=(256, 512, 768, 1024, 1536)),
+                                 stop_strings=("</answer>",)),
             caption_until="think"),
         rewards=RewardsSection(),
         grpo=GRPOSection(num_generations=4, beta=1e-3, kl_estimator="k3", clip_epsilon=0.2,

@@ -224,8 +224,8 @@ class RolloutSection:
 
     pass1: SamplingSection = SamplingSection(num_samples=4, stop_strings=("</answer>",),
                                            prompt_buckets=(320, 384, 512, 768, 1024))
-    pass2: SamplingSection = SamplingSection(num_samples=1, stop_strings=("</answer>",),
-                                           prompt_buckets=(256, 512, 768, 1024, 1536))
+    # pass 2's prompts are spliced on device to one static width: it takes no prompt_buckets
+    pass2: SamplingSection = SamplingSection(num_samples=1, stop_strings=("</answer>",))
     two_pass: bool = True
     # pass 2 sees the pass-1 text before the first <think> (caption only, the method) or <answer>
     # (caption + think, method.md 8.3); the rule of `jaxbiqa.rewards.split_caption`
@@ -233,13 +233,14 @@ class RolloutSection:
     # longest caption (in tokens) pass 2 accepts; longer ones are flagged like a missing caption.
     # 0: pass1.max_new_tokens (+ the few tokens a split token can add), i.e. never in practice
     max_caption_tokens: int = 0
-    # build the pass-2 prompts on device from the pass-1 tokens: both passes are one compiled
-    # program; False decodes pass 1 on the host and re-tokenizes (the reference path)
-    fused: bool = True
 
     def __post_init__(self):
         if self.max_caption_tokens < 0:
             raise ValueError(f"RolloutSection.max_caption_tokens={self.max_caption_tokens} must be >= 0")
+        if self.pass2.prompt_buckets:
+            raise ValueError(f"rollout.pass2.prompt_buckets={self.pass2.prompt_buckets}: pass 2's prompts are spliced "
+                             "on device to one static width (caption budget + template), so it takes no buckets; "
+                             "leave it empty")
 
 
 # ---------------------------------------------------------------- grpo, optim, sft, checkpoint

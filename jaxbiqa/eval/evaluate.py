@@ -1,12 +1,12 @@
 """Batched evaluation of a policy through the rollout engine (method.md section 7).
 
-Per image, one compiled program runs
+Per image, the training rollout (`jaxbiqa.rollout.Rollout`, one compiled program) runs
 * pass 1: image + the method's prompt -> `<caption>…</caption><think>…</think><answer>…</answer>`,
   one sample;
-* pass 2, twice, text only, both sets of prompts spliced on device from the pass-1 tokens
-  (`rollout.pass2.splice_prompts`) and decoded together as one batch of 2B rows: once from the
-  pass-1 text before `<think>` (the caption: `caption_score`) and once from the text before
-  `<answer>` (caption + think: `reasoning_score`).
+* pass 2, twice, text only, split at two points (both sets of prompts spliced on device from the
+  pass-1 tokens and decoded together as one batch of 2B rows): once from the pass-1 text before
+  `<think>` (the caption: `caption_score`) and once from the text before `<answer>` (caption +
+  think: `reasoning_score`).
 Decoding is the authors' sampling (temperature 1, top-k 50, top-p 0.95, seed 42) or greedy; batch
 b draws with `fold_in(key(seed), b)`. Shapes are static: every batch holds images of one size
 (the pipeline cuts a batch where the size changes), is padded to `batch_size` rows (a short one
@@ -33,7 +33,6 @@ image-to-caption gaps, and ROUGE-1 P/R/F of the pass-1 captions against the reco
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,21 +40,15 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jaxbiqa.config import RolloutSection, SamplingSection
-from jaxbiqa.distributed import fetch
 from jaxbiqa.eval.alignment import HUMAN_FIELDS, human_reference, rouge1_alignment
 from jaxbiqa.eval.metrics import INVALID_SENTINEL, OnInvalid, gap, iqa_metrics, is_lower_is_better
 from jaxbiqa.eval.predictions import SCORE_COLUMNS, json_safe
-from jaxbiqa.models.qwen2_5_vl.rope import text_positions
 from jaxbiqa.parse import parse_rating, split_caption, tag_content
-from jaxbiqa.rollout.batch import PromptBatch, prepare_prompts
-from jaxbiqa.rollout.pass2 import SpliceTables, splice_tables, splice_prompts
-from jaxbiqa.rollout.sampler import DecodeSpec, completion_texts, decode, matchers, prefill
-from jaxbiqa.rollout.textmatch import token_bytes
+from jaxbiqa.rollout.batch import PromptBatch
+from jaxbiqa.rollout.engine import Rollout
 
 PREDICTIONS_FILE = "predictions.jsonl"
 NO_TARGET_FILE = "predictions_no_target.jsonl"
@@ -106,86 +99,40 @@ class BatchOutput(NamedTuple):
     has_reasoning: np.ndarray | None
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("pass1", "pass2", "max_caption", "two_pass"))
-def _eval_program(graphdef, state, prompts: PromptBatch, key, stops1, stops2, caption: SpliceTables,
-                  reasoning: SpliceTables, *, pass1: SamplingSection, pass2: SamplingSection, max_caption: int,
-                  two_pass: bool):
-    model = nnx.merge(graphdef, state)
-    key1, key2 = jax.random.split(key)
-    spec = DecodeSpec.of(pass1)
-    first = decode(model, prefill(model, prompts, spec.max_new_tokens, 1, pass1.cache_dtype), key1, stops1, spec)[0]
-    if not two_pass:
-        return first, None, None, None
-    ids_c, mask_c, has_c = splice_prompts(caption, first.tokens, first.lengths, max_caption, pass2.pad_token_id)
-    ids_r, mask_r, has_r = splice_prompts(reasoning, first.tokens, first.lengths, max_caption, pass2.pad_token_id)
-    ids, mask = jnp.concatenate([ids_c, ids_r]), jnp.concatenate([mask_c, mask_r])
-    text_only = PromptBatch(ids, mask, text_positions(mask), jnp.zeros(ids.shape[0], jnp.int32))
-    spec = DecodeSpec.of(pass2)
-    second = decode(model, prefill(model, text_only, spec.max_new_tokens, 1, pass2.cache_dtype), key2, stops2,
-                    spec)[0]
-    return first, has_c, has_r, second
-
-
 class Evaluator:
-    """The compiled evaluation of one batch: pass 1 and both pass-2 variants (see the module doc).
+    """The compiled evaluation of one batch: the training rollout (`jaxbiqa.rollout.Rollout`) with
+    one sample per prompt, this decoding, and pass 2 split at `<think>` and at `<answer>`.
 
     `processor` is a `jaxbiqa.processing.Processor` (its tokenizer decodes, its `pass2_text`
     renders the pass-2 prompt); `vocab_size` is the model's vocabulary.
     """
 
+    SPLITS = ("think", "answer")  # caption only, caption + think
+
     def __init__(self, processor, rollout: RolloutSection, vocab_size: int, settings: EvalSettings = EvalSettings()):
-        self.processor = processor
-        self.pass1 = settings.sampling(rollout.pass1)
-        self.pass2 = settings.sampling(rollout.pass2)
-        self.two_pass = settings.two_pass and rollout.two_pass
-        for name, config in (("pass1", self.pass1), ("pass2", self.pass2)):
-            outside = [i for i in (config.pad_token_id, *config.eos_token_ids) if not 0 <= i < vocab_size]
-            if outside:
-                raise ValueError(f"rollout.{name}: token ids {outside} (pad_token_id / eos_token_ids) are outside the "
-                                 f"model's vocabulary of {vocab_size}; set them for this tokenizer "
-                                 f"(e.g. --set rollout.{name}.pad_token_id=...)")
-        tokenizer = processor.tokenizer
-        vocab = token_bytes(tokenizer, vocab_size)
-
-        def encode_batch(texts: list[str]) -> list[list[int]]:
-            return tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-        def encode(text: str) -> list[int]:
-            return encode_batch([text])[0]
-
-        self.stops1 = matchers(self.pass1.stop_strings, vocab)
-        self.stops2 = matchers(self.pass2.stop_strings, vocab)
-        self.tables = {until: splice_tables(processor.pass2_text, encode, vocab, until, encode_batch)
-                       for until in ("think", "answer")}
-        self.max_caption = (rollout.max_caption_tokens
-                            or self.pass1.max_new_tokens + max(t.head_width for t in self.tables.values()))
-
-    def decode_texts(self, completion) -> list[str]:
-        return completion_texts(completion, lambda ids: self.processor.tokenizer.decode(ids, skip_special_tokens=True))
+        two_pass = settings.two_pass and rollout.two_pass
+        config = dataclasses.replace(rollout, pass1=settings.sampling(rollout.pass1),
+                                     pass2=settings.sampling(rollout.pass2), two_pass=two_pass)
+        self.rollout = Rollout.from_processor(config, processor, vocab_size, splits=self.SPLITS)
+        self.pass1, self.pass2, self.two_pass = config.pass1, config.pass2, two_pass
 
     def prepare(self, model, batch: Mapping[str, np.ndarray]) -> PromptBatch:
         """The pass-1 prompt batch of a data batch (`data.pipeline.Pass1Preprocess` entries stacked)."""
         pixels = np.asarray(batch["pixel_values"])
-        return prepare_prompts(model.config, batch["input_ids"], batch["attention_mask"],
-                               pixels.reshape(-1, pixels.shape[-1]), np.asarray(batch["image_grid_thw"]).reshape(-1, 3),
-                               buckets=self.pass1.prompt_buckets, pad_token_id=self.pass1.pad_token_id)
+        return self.rollout.prepare(model, batch["input_ids"], batch["attention_mask"],
+                                    pixels.reshape(-1, pixels.shape[-1]), np.asarray(batch["image_grid_thw"]).reshape(-1, 3))
 
     def __call__(self, model, prompts: PromptBatch, key: jax.Array) -> BatchOutput:
-        graphdef, state = nnx.split(model)
-        first, has_c, has_r, second = fetch(_eval_program(
-            graphdef, state, prompts, key, self.stops1, self.stops2, self.tables["think"], self.tables["answer"],
-            pass1=self.pass1, pass2=self.pass2, max_caption=self.max_caption, two_pass=self.two_pass))
-        texts = self.decode_texts(first)
-        if second is None:
-            return BatchOutput(texts, None, None, None, None)
-        rows = len(texts)
-        second_texts = self.decode_texts(second)
-        return BatchOutput(texts, second_texts[:rows], second_texts[rows:], np.asarray(has_c), np.asarray(has_r))
+        result = self.rollout(model, prompts, key)
+        if result.pass2 is None:
+            return BatchOutput(result.pass1_texts, None, None, None, None)
+        (caption, has_caption), (reasoning, has_reasoning) = (result.split_texts(s) for s in range(2))
+        return BatchOutput(result.pass1_texts, caption, reasoning, has_caption, has_reasoning)
 
     @staticmethod
     def compile_count() -> int:
         """Compiled variants of the evaluation program so far (one per image size, bucket and settings)."""
-        return _eval_program._cache_size()
+        return Rollout.compile_count()
 
 
 # ---------------------------------------------------------------- host side: batches and records

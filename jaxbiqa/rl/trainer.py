@@ -7,8 +7,8 @@ trains pass 2 (the caption-only prompt -> the reference's think + answer). Train
 
 Stage 2, GRPO, one rollout per step:
 1. a batch of B pass-1 prompts (image + question) from the data pipeline;
-2. the rollout (`jaxbiqa.rollout.Rollout`): G samples per prompt, then pass 2 from each sample's
-   caption alone (fused into one program by default);
+2. the rollout (`jaxbiqa.rollout.Rollout`, one compiled program): G samples per prompt, then pass 2
+   from each sample's caption alone;
 3. rewards on the host from the decoded texts (`config.rewards`; self-consistency reads the pass-2
    texts), computed in a worker thread while the main thread packs the update batch and dispatches
    the reference / old log-probs to the device;
@@ -90,8 +90,7 @@ from jaxbiqa.rl.losses import group_advantages
 from jaxbiqa.rl.metrics_log import MetricsLogger
 from jaxbiqa.rl.references import reference_completion
 from jaxbiqa.rl.step import ROW_AXIS, TrainState, TrainStep, grpo_loss
-from jaxbiqa.rollout import Rollout, engine, sampler
-from jaxbiqa.rollout.batch import pick_bucket
+from jaxbiqa.rollout import Rollout, sampler
 from jaxbiqa.sft.loss import sft_loss
 from jaxbiqa.sharding import DEFAULT_RULES, LogicalRules
 
@@ -136,8 +135,8 @@ def _cache_size(fn) -> int:
 
 
 def rollout_compile_count() -> int:
-    """Compiled programs of the rollout engine (fused two-pass program, prefill and decode)."""
-    return sum(_cache_size(f) for f in (engine._two_pass_program, sampler._prefill_program, sampler._decode_program))
+    """Compiled programs of the rollout engine (the two-pass program, the sampler's prefill and decode)."""
+    return Rollout.compile_count() + sum(_cache_size(f) for f in (sampler._prefill_program, sampler._decode_program))
 
 
 class Trainer:
@@ -164,8 +163,6 @@ class Trainer:
             if (shard.shard_index, shard.shard_count) != (jax.process_index(), jax.process_count()):
                 raise ValueError(f"data.shard_index / shard_count ({shard.shard_index}, {shard.shard_count}) must "
                                  "be left unset in a multi-process run: each process reads its own share")
-            if config.rollout.two_pass and not config.rollout.fused:
-                raise ValueError("rollout.fused=False (the host-side reference path) runs on one process only")
             if not config.data.drop_remainder:
                 raise ValueError("data.drop_remainder=False runs on one process only: a short batch would leave "
                                  "some processes without rows")
@@ -261,13 +258,6 @@ class Trainer:
         model = self.config.model
         return key if model.lora_rank > 0 and model.lora_dropout > 0 else None
 
-    def _pass2_length(self, rollout: Rollout, longest: int) -> int:
-        """The static pass-2 prompt width: the rollout's (fused: its spliced width), else its bucket."""
-        buckets = rollout.config.pass2.prompt_buckets
-        if rollout.config.fused or not buckets:
-            return rollout.tables.prompt_length(rollout.max_caption)
-        return pick_bucket(longest, buckets)
-
     def _mesh(self):
         return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
 
@@ -348,8 +338,7 @@ class Trainer:
             ids2, valid2, cut2 = batches.encode_completions(targets, self._encode, self.eos_ids[0],
                                                             rollout.config.pass2.max_new_tokens)
             valid2 *= np.asarray([bool(c) for c in captions], np.int32)[:, None]
-            length = self._pass2_length(rollout, max(map(len, prompts2)))
-            part = batches.text_rows(model.config, prompts2, ids2, valid2, self.eos_ids, length,
+            part = batches.text_rows(model.config, prompts2, ids2, valid2, self.eos_ids, rollout.pass2_width,
                                      rollout.config.pass2.pad_token_id)
             cut += sum(not c for c in captions)
             batch = batches.add_pass2(batch, part)

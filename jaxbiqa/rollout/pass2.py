@@ -1,18 +1,17 @@
 """Pass-2 prompts from pass-1 completions: the caption alone, as a text-only prompt.
 
-Two paths build the same prompts:
-* host (the reference): decode the pass-1 text, cut it before the marker (`<think>`: caption only;
-  `<answer>`: caption + think), render the pass-2 chat prompt around it and tokenize it;
-* device (`splice_prompts`, inside the compiled rollout): find the marker in the pass-1 tokens
-  with `textmatch` and copy the caption's tokens verbatim between the template's prefix and
-  suffix tokens, left padded to a static length, so pass 1 and pass 2 run as one program.
+`splice_prompts` runs inside the compiled rollout: it finds the marker (`<think>`: caption only;
+`<answer>`: caption + think) in the pass-1 tokens with `textmatch` and copies the caption's tokens
+verbatim between the template's prefix and suffix tokens, left padded to a static length, so
+pass 1 and pass 2 run as one program. It builds the prompts the host would (the tests' oracle:
+decode the pass-1 text, cut it before the marker, render the pass-2 chat prompt, tokenize).
 
-The caption follows `jaxbiqa.rewards.split_caption`: a completion without the marker, with only
+The caption follows `jaxbiqa.parse.split_caption`: a completion without the marker, with only
 whitespace before it, or (here) with a caption longer than the static maximum has none: it is
 flagged `has_caption=False` and gets the prompt of an empty caption, whose pass-2 output the
 caller ignores (the method then gives it reward 0).
 
-Tokenization at the seams. The device path keeps the model's own caption tokens; the host path
+Tokenization at the seams. The device path keeps the model's own caption tokens; the host oracle
 re-tokenizes the text. Where BPE merges across a seam the ids can differ while the text is the
 same. The device path handles the seams that matter for the method's template: the prefix ends in
 "described as " and every caption starts with "<caption>", which Qwen writes as " <" + "caption";
@@ -34,31 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbiqa.parse import split_caption
 from jaxbiqa.rollout.textmatch import StringMatcher, build_matcher, first_match
 
 # stands in for the caption when the template is split into prefix and suffix
 _SLOT = "\x00caption-slot\x00"
-
-
-def caption_prompts(completions: Sequence[str], render: Callable[[str], str], encode: Callable[[str], list[int]],
-                    until: str, max_caption_tokens: int | None = None) -> tuple[list[list[int]], np.ndarray]:
-    """Host path: pass-2 prompt ids and `has_caption [R]` for pass-1 completion texts.
-
-    The caption is `jaxbiqa.parse.split_caption(text, until=until)` ("think" or "answer"): the
-    text before the first `<until>` tag, missing when there is no tag or only whitespace before
-    it. `render(caption)` is the pass-2 prompt text (e.g. `Processor.pass2_text`), `encode`
-    tokenizes without adding special tokens. A completion without a caption, or whose caption is
-    longer than `max_caption_tokens` tokens, gets the empty-caption prompt and `has_caption=False`.
-    """
-    prompts, flags = [], []
-    for text in completions:
-        caption = split_caption(text, until=until)
-        if caption is not None and max_caption_tokens is not None and len(encode(caption)) > max_caption_tokens:
-            caption = None
-        flags.append(caption is not None)
-        prompts.append(encode(render(caption or "")))
-    return prompts, np.asarray(flags, bool)
 
 
 class SpliceTables(NamedTuple):

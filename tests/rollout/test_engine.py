@@ -1,12 +1,14 @@
-"""The two-pass rollout on a tiny random model with the toy vocabulary: the fused program (pass-2
-prompts spliced on device) and the host reference path produce the same pass-1 samples, agree on
-which completions have a caption, build the same pass-2 prompts, and then sample the same pass 2."""
+"""The two-pass rollout on a tiny random model with the toy vocabulary: the engine's one program
+(pass-2 prompts spliced on device) and the host oracle (`host_pass2`) produce the same pass-1
+samples, agree on which completions have a caption, build the same pass-2 prompts, and then sample
+the same pass 2; several split points decode together and each equals its own one-split rollout."""
 
 import dataclasses
 
 import jax
 import numpy as np
 import pytest
+from host_pass2 import host_rollout
 from rollout_helpers import EOS, PAD, THINK, TOY_VOCAB, image_prompts, random_model, toy_decode, toy_encode
 
 from jaxbiqa.rollout import Rollout, RolloutSection, SamplingSection
@@ -42,29 +44,48 @@ def inputs():
     return image_prompts(3, seed=4, image_rows=(0, 2))
 
 
-def test_fused_and_host_paths_agree(model, config):
+def test_engine_and_host_oracle_agree(model, config):
     prompts_args = inputs()
-    fused = rollout(config)
-    length = fused.tables.prompt_length(fused.max_caption)
-    host = rollout(dataclasses.replace(config, fused=False, pass2=config.pass2.replace(prompt_buckets=(length,))))
+    engine = rollout(config)
+    length = engine.pass2_width
     key = jax.random.key(7)
-    a = fused(model, fused.prepare(model, *prompts_args), key)
-    b = host(model, host.prepare(model, *prompts_args), key)
+    a = engine(model, engine.prepare(model, *prompts_args), key)
+    tokens, texts, has_caption, ids, mask, second = host_rollout(engine, model, engine.prepare(model, *prompts_args),
+                                                                 key, length)
 
-    np.testing.assert_array_equal(a.pass1.tokens, b.pass1.tokens)
-    assert a.pass1_texts == b.pass1_texts and len(a.pass1_texts) == 6
-    np.testing.assert_array_equal(a.has_caption, b.has_caption)
+    np.testing.assert_array_equal(a.pass1.tokens, tokens.tokens)
+    assert a.pass1_texts == texts and len(a.pass1_texts) == 6
+    np.testing.assert_array_equal(a.has_caption, has_caption)
     assert a.has_caption.any() and not a.has_caption.all()
-    assert a.pass2_input_ids.shape == b.pass2_input_ids.shape == (6, length)
-    same_prompt = (a.pass2_input_ids == b.pass2_input_ids).all(1)
+    assert a.pass2_input_ids.shape == ids.shape == (6, length)
+    same_prompt = (a.pass2_input_ids == ids).all(1)
     for r in range(6):
         text = toy_decode(a.pass2_input_ids[r][a.pass2_attention_mask[r] > 0])
         caption = a.pass1_texts[r].partition("<think>")[0] if a.has_caption[r] else ""
-        assert text == render(caption) == toy_decode(b.pass2_input_ids[r][b.pass2_attention_mask[r] > 0])
+        assert text == render(caption) == toy_decode(ids[r][mask[r] > 0])
         if same_prompt[r]:
-            np.testing.assert_array_equal(a.pass2.tokens[r], b.pass2.tokens[r])
+            np.testing.assert_array_equal(a.pass2.tokens[r], np.asarray(second.tokens)[r])
     assert same_prompt[a.has_caption].any()
     assert a.pass2_texts == [toy_decode(t[:n]) for t, n in zip(a.pass2.tokens, a.pass2.lengths)]
+
+
+def test_split_points_decode_together(model, config):
+    """Splits ("think", "answer") in one program: pass 1 as with one split, and each split's pass-2
+    rows (greedy) those of the rollout with that split alone."""
+    key = jax.random.key(7)
+    both = Rollout(config, vocab=TOY_VOCAB, encode=toy_encode, decode=toy_decode, render=render,
+                   splits=("think", "answer"))
+    out = both(model, both.prepare(model, *inputs()), key)
+    assert out.has_caption.shape == (12,) and len(out.pass2_texts) == 12
+    for index, until in enumerate(both.splits):
+        alone = Rollout(dataclasses.replace(config, caption_until=until), vocab=TOY_VOCAB, encode=toy_encode,
+                        decode=toy_decode, render=render)
+        single = alone(model, alone.prepare(model, *inputs()), key)
+        assert single.pass1_texts == out.pass1_texts
+        texts, has_caption = out.split_texts(index)
+        np.testing.assert_array_equal(has_caption, single.has_caption)
+        assert [t for t, ok in zip(texts, has_caption) if ok] == \
+            [t for t, ok in zip(single.pass2_texts, single.has_caption) if ok]
 
 
 def test_single_pass(model, config):

@@ -20,13 +20,19 @@ def test_sampling_config_rejects_bad_values(field, value):
 
 def test_rollout_config_takes_config_overrides():
     config = RolloutSection()
-    for assignment in ("pass1.top_k=50", "pass1.prompt_buckets=256,512", "caption_until=answer", "fused=false"):
+    for assignment in ("pass1.top_k=50", "pass1.prompt_buckets=256,512", "caption_until=answer", "max_caption_tokens=9"):
         config = apply_override(config, assignment)
     assert config.pass1.top_k == 50 and config.pass1.prompt_buckets == (256, 512)
     assert config.pass1.num_samples == 4 and config.pass1.stop_strings == ("</answer>",)
-    assert config.caption_until == "answer" and not config.fused and config.pass2.num_samples == 1
+    assert config.caption_until == "answer" and config.max_caption_tokens == 9 and config.pass2.num_samples == 1
     with pytest.raises(ConfigError):
         apply_override(config, "caption_until=<think>")
+
+
+def test_pass2_takes_no_prompt_buckets():
+    """Pass 2's prompts are spliced to one static width: buckets there would be ignored, so they are refused."""
+    with pytest.raises(ValueError, match="pass2.prompt_buckets"):
+        RolloutSection(pass2=SamplingSection(prompt_buckets=(256,)))
 
 
 def test_pick_bucket():

@@ -1,5 +1,5 @@
 """Pass-2 prompts with the real Qwen2.5 tokenizer: the device splice (pass-1 tokens verbatim) and
-the host reference (decode, cut, re-tokenize) agree on which completions have a caption, give
+the host oracle (decode, cut, re-tokenize) agree on which completions have a caption, give
 the same prompt text, and the same ids where BPE is stable at the seams."""
 
 import jax
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from jaxbiqa.processing import Processor, build_qwen2_5_tokenizer, load_tokenizer, make_image_processor
-from jaxbiqa.rollout import Rollout, RolloutSection, caption_prompts, splice_prompts, splice_tables, token_bytes
+from host_pass2 import caption_prompts
+
+from jaxbiqa.rollout import Rollout, RolloutSection, splice_prompts, splice_tables, token_bytes
 from jaxbiqa.rollout.textmatch import advance
 
 PAD = 151643
