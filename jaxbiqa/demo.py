@@ -217,7 +217,7 @@ def run_demo(out_dir: Path = DEFAULT_OUT, *, config_name: str = DEMO_CONFIG, ove
              decoding: str = "greedy", progress: bool = True) -> DemoResult:
     """All five stages (see the module doc); returns where the report is and the summary."""
     from jaxbiqa.config import load_config
-    from jaxbiqa.models.build import resolve_model_path
+    from jaxbiqa.demo_assets import resolve_demo_model
 
     start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -231,7 +231,7 @@ def run_demo(out_dir: Path = DEFAULT_OUT, *, config_name: str = DEMO_CONFIG, ove
         return value
 
     timed("data", prepare_data, config)
-    timed("model", resolve_model_path, config.model.path)
+    config = timed("model", resolve_demo_model, config)
     run_summary = timed("training", train, config, progress)
     sets = timed("evaluation", evaluate_sets, config, Path(out_dir), decoding, progress)
     markdown, html, report_metrics = timed("report", write_report, Path(out_dir), sets)

@@ -20,8 +20,10 @@ the fixed ids the model config and the demo recipe name (`DEMO_TOKEN_IDS`); the 
 special (dropped when decoding), as in Qwen's tokenizer.
 
 `ensure_demo_model(folder)` writes `tokenizer.json`, `tokenizer_config.json` and `config.json`
-(no weights: `jaxbiqa.models.build` initialises the model randomly) unless they exist; a config
-names it as `model.path = "demo:FOLDER"`.
+(no weights: `jaxbiqa.models.build` initialises the model randomly) unless they exist. A recipe
+names it as `model.path = "demo:FOLDER"`; the commands (`jaxbiqa train`, `eval`, `score`, `demo`)
+pass their config through `resolve_demo_model`, which builds the folder and puts its plain path
+there, so nothing below the commands knows the scheme.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from jaxbiqa.config import Config
 from jaxbiqa.processing import ADDED_TOKENS, CHAT_TEMPLATE, SPECIAL_TOKENS
 
 log = logging.getLogger("jaxbiqa.demo")
@@ -166,3 +169,13 @@ def ensure_demo_model(folder: str | Path, spec: DemoModelSpec = DemoModelSpec())
     if not (folder / "config.json").is_file():
         (folder / "config.json").write_text(json.dumps(demo_model_config(spec), indent=2) + "\n")
     return folder
+
+
+def resolve_demo_model(config: Config) -> Config:
+    """`config` with a `demo:FOLDER` model path built (`ensure_demo_model`) and replaced by FOLDER;
+    any other config unchanged."""
+    path = config.model.path
+    if not path.startswith(DEMO_PREFIX):
+        return config
+    folder = ensure_demo_model(path[len(DEMO_PREFIX):])
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, path=str(folder)))

@@ -12,7 +12,8 @@ import pytest
 
 from jaxbiqa.config import load_config
 from jaxbiqa.data.synthetic import DISTORTIONS, PHOTOS, annotate
-from jaxbiqa.demo_assets import DEMO_PREFIX, DEMO_TOKEN_IDS, DemoModelSpec, demo_model_config, ensure_demo_model
+from jaxbiqa.demo_assets import (
+    DEMO_PREFIX, DEMO_TOKEN_IDS, DemoModelSpec, demo_model_config, ensure_demo_model, resolve_demo_model)
 from jaxbiqa.models.build import build_policy, build_processor
 from jaxbiqa.rewards import split_caption
 from jaxbiqa.rl.references import reference_completion
@@ -30,7 +31,7 @@ def demo_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def processor(recipe, demo_dir):
-    section = dataclasses.replace(recipe.model, path=f"{DEMO_PREFIX}{demo_dir}")
+    section = dataclasses.replace(recipe.model, path=str(demo_dir))
     return build_processor(section, recipe.data)
 
 
@@ -68,8 +69,19 @@ def test_completions_fit_the_generation_budgets(recipe, processor):
     assert len(prompt) < 120  # the clause-level BPE keeps the method's long system prompt short
 
 
+def test_demo_path_is_resolved_by_the_commands_not_the_model_builder(recipe, demo_dir, tmp_path):
+    """`demo:FOLDER` is built and replaced by FOLDER (`resolve_demo_model`, what the commands call);
+    the model builder below them refuses the scheme with a message naming the resolver."""
+    named = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, path=f"{DEMO_PREFIX}{tmp_path / 'm'}"))
+    resolved = resolve_demo_model(named)
+    assert resolved.model.path == str(tmp_path / "m") and (tmp_path / "m" / "tokenizer.json").is_file()
+    assert resolve_demo_model(resolved) == resolved
+    with pytest.raises(ValueError, match="resolve_demo_model"):
+        build_policy(named.model)
+
+
 def test_demo_folder_builds_a_random_policy(recipe, demo_dir):
-    section = dataclasses.replace(recipe.model, path=f"{DEMO_PREFIX}{demo_dir}")
+    section = dataclasses.replace(recipe.model, path=str(demo_dir))
     model = build_policy(section, seed=0)
     spec = DemoModelSpec()
     assert model.config.text.hidden_size == spec.hidden_size

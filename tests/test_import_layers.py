@@ -1,7 +1,5 @@
 """Imports point one way: every `jaxbiqa` module sits in a layer and imports only from its own layer
-or those below it (README, Layout). Function-level imports count too. The upward imports not yet
-removed are listed in KNOWN_UPWARD; the test fails on any other, and on a listed one that is gone
-(so the list shrinks as they are fixed)."""
+or those below it (README, Layout). Function-level imports count too."""
 
 from __future__ import annotations
 
@@ -20,18 +18,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("rewards", ("jaxbiqa.rewards",)),
     ("rl, sft", ("jaxbiqa.rl.losses", "jaxbiqa.rl.step", "jaxbiqa.rl.batches", "jaxbiqa.rl.references",
                  "jaxbiqa.rl.metrics_log", "jaxbiqa.rl", "jaxbiqa.sft")),
-    ("train loop", ("jaxbiqa.rl.trainer",)),
     ("eval", ("jaxbiqa.eval",)),
+    ("train loop", ("jaxbiqa.rl.trainer",)),
     ("cli, demo", ("jaxbiqa.cli", "jaxbiqa.config_cmd", "jaxbiqa.plan", "jaxbiqa.demo", "jaxbiqa.demo_assets")),
 ]
 CLI_SUFFIX = "_cmd"  # every command module is in the top layer, wherever it lives
 TOP = len(LAYERS) - 1
-
-# (importer, imported) pairs that still point up; remove an entry when its import is gone
-KNOWN_UPWARD = {
-    ("jaxbiqa.models.build", "jaxbiqa.demo_assets"),     # the demo: model path scheme
-    ("jaxbiqa.rl.trainer", "jaxbiqa.eval.evaluate"),     # the trainer runs the evaluation itself
-}
 
 
 def module_name(path: Path) -> str:
@@ -74,11 +66,8 @@ def test_imports_point_down():
         for imported in imports_of(path):
             if layer_of(imported) > layer_of(importer):
                 upward.add((importer, imported))
-    new = sorted(upward - KNOWN_UPWARD)
-    assert not new, "imports that point up a layer: " + "; ".join(
-        f"{a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})" for a, b in new)
-    fixed = sorted(KNOWN_UPWARD - upward)
-    assert not fixed, f"no longer imported, remove from KNOWN_UPWARD: {fixed}"
+    assert not upward, "imports that point up a layer: " + "; ".join(
+        f"{a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})" for a, b in sorted(upward))
 
 
 def test_config_is_a_leaf():

@@ -31,6 +31,7 @@ from typing import Any
 
 from jaxbiqa.config import Config, ConfigError
 from jaxbiqa.config_cmd import add_config_arguments
+from jaxbiqa.demo_assets import resolve_demo_model
 from jaxbiqa.eval.policy import CHECKPOINTS_DIR, CheckpointError, Policy, load_policy
 from jaxbiqa.eval.predictions_cmd import format_table
 
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     from jaxbiqa.eval.evaluate import count_records, eval_pipeline, evaluate, evaluate_qalign
 
     try:
-        policy = load_policy(args.checkpoint, args.config, args.overrides, step=args.step)
+        policy = load_policy(args.checkpoint, args.config, args.overrides, step=args.step,
+                             prepare=resolve_demo_model)
         config = policy.config
         settings = settings_from_args(args, config, max_examples=args.max_examples,
                                       lower_is_better=tuple(args.lower_is_better), on_invalid=args.on_invalid)

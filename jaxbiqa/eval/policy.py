@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -134,10 +134,13 @@ def fill_model(model, arrays: dict[str, Any], where: str):
 
 
 def load_policy(checkpoint: str | None, config_name: str | None, overrides: Sequence[str] = (), *,
-                step: int | None = None) -> Policy:
-    """The model, processor and config to evaluate (see the module doc for PATH)."""
+                step: int | None = None, prepare: Callable[[Config], Config] | None = None) -> Policy:
+    """The model, processor and config to evaluate (see the module doc for PATH). Without a
+    checkpoint, `prepare` maps the recipe before its model is built (the commands resolve the
+    demo's model path with it)."""
     if checkpoint is None:
         config = load_config(config_name, overrides)
+        config = prepare(config) if prepare else config
         model = build_policy(config.model, seed=config.seed)
         return Policy(model, build_processor(config.model, config.data), config,
                       {"kind": "config", "path": config.model.path})

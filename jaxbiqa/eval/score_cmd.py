@@ -30,6 +30,7 @@ import numpy as np
 
 from jaxbiqa.config import ConfigError
 from jaxbiqa.data.records import BadRecordError
+from jaxbiqa.demo_assets import resolve_demo_model
 from jaxbiqa.eval.eval_cmd import add_checkpoint_arguments, add_decoding_arguments, settings_from_args
 from jaxbiqa.eval.policy import CheckpointError, load_policy
 from jaxbiqa.eval.predictions import json_safe
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
         checkpoint = str(DEMO_RUN)
     try:
-        policy = load_policy(checkpoint, args.config, args.overrides, step=args.step)
+        policy = load_policy(checkpoint, args.config, args.overrides, step=args.step, prepare=resolve_demo_model)
         settings = settings_from_args(args, policy.config)
         if not args.batch_size:  # no padding beyond the images given
             settings = dataclasses.replace(settings, batch_size=min(settings.batch_size, len(images)))

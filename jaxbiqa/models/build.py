@@ -4,9 +4,8 @@
 * a Hugging Face Qwen2.5-VL folder (`config.json` + safetensors): the weights are loaded
   (`weights.from_pretrained`, sharded by the mesh when one is given);
 * a folder with a `config.json` and no weights, or a `config.json` file: the model is initialised
-  randomly from it (the demo's from-scratch start);
-* `demo:FOLDER`: the demo's tiny model, its config.json and tokenizer written into FOLDER first
-  when missing (`jaxbiqa.demo_assets`), then initialised randomly.
+  randomly from it (the demo's from-scratch start; a recipe's `demo:FOLDER` is built and resolved
+  to such a folder by the commands, `jaxbiqa.demo_assets.resolve_demo_model`).
 The tokenizer comes from `model.tokenizer`, else from the model folder; the image processor from
 the model folder's `preprocessor_config.json` (Qwen's defaults without one) with the data
 section's `min_pixels` / `max_pixels`. `model.lora_rank > 0` adds LoRA adapters.
@@ -19,7 +18,6 @@ from pathlib import Path
 from flax import nnx
 
 from jaxbiqa.config import DataSection
-from jaxbiqa.demo_assets import DEMO_PREFIX, ensure_demo_model
 from jaxbiqa.models.qwen2_5_vl import LoraConfig, ModelConfig, Qwen2_5_VLForConditionalGeneration
 from jaxbiqa.models.qwen2_5_vl.weights import INDEX_FILE, SINGLE_FILE, abstract_model, load_model, read_config
 from jaxbiqa.processing import Processor, load_image_processor, load_tokenizer
@@ -27,15 +25,15 @@ from jaxbiqa.sharding import DEFAULT_RULES, LogicalRules
 
 
 def resolve_model_path(path: str) -> Path:
-    """The model folder or config file of `model.path`; `demo:FOLDER` is built first when missing."""
+    """The model folder or config file of `model.path`."""
     if not path:
-        raise ValueError("model.path is empty: set it to a Qwen2.5-VL folder, a config.json, or demo:FOLDER")
-    if path.startswith(DEMO_PREFIX):
-        return ensure_demo_model(path[len(DEMO_PREFIX):])
+        raise ValueError("model.path is empty: set it to a Qwen2.5-VL folder or a config.json")
+    if path.startswith("demo:"):
+        raise ValueError(f"model.path {path!r} names the demo model, which the commands build: pass the config "
+                         "through jaxbiqa.demo_assets.resolve_demo_model first")
     resolved = Path(path)
     if not resolved.exists():
-        raise FileNotFoundError(f"model.path {path!r} does not exist (a Qwen2.5-VL folder, a config.json, "
-                                f"or demo:FOLDER for the demo model)")
+        raise FileNotFoundError(f"model.path {path!r} does not exist (a Qwen2.5-VL folder or a config.json)")
     return resolved
 
 

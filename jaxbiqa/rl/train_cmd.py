@@ -23,6 +23,7 @@ import sys
 
 from jaxbiqa.config import ConfigError, load_config
 from jaxbiqa.config_cmd import add_config_arguments
+from jaxbiqa.demo_assets import resolve_demo_model
 
 PREEMPTED = 75  # EX_TEMPFAIL: try again (with --resume)
 
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax reports every file it writes at INFO
     logging.getLogger("jax").setLevel(logging.WARNING)  # e.g. "Unable to initialize backend 'tpu'" on CPU
     try:
-        config = load_config(args.config, args.overrides)
+        config = resolve_demo_model(load_config(args.config, args.overrides))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
