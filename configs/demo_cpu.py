@@ -57,7 +57,7 @@ def get_config() -> Config:
             pass2=SamplingSection(max_new_tokens=28, num_samples=1, stop_strings=("</answer>",), eos_token_ids=EOS,
                                  pad_token_id=ENDOFTEXT_ID)),
         rewards=RewardsSection(),
-        grpo=GRPOSection(num_generations=4, beta=1e-3, max_completion_length=64, logprob_chunk_size=64),
+        grpo=GRPOSection(beta=1e-3, logprob_chunk_size=64),
         optim=OptimSection(learning_rate=1e-4, schedule="linear", freeze_vision=True),
         sft=SFTSection(steps=400, optim=OptimSection(learning_rate=3e-3, schedule="cosine", warmup_steps=20,
                                                      end_learning_rate=1.5e-4, freeze_vision=False)),

@@ -39,7 +39,7 @@ def get_config() -> Config:
             params={"score": {"kind": "threshold", "threshold": 0.35, "strict": True, "valid_range": None},
                     "qinsight_format": {"value": 1.0}},
         ),
-        grpo=GRPOSection(num_generations=8, beta=1e-3, max_completion_length=NEW_TOKENS),
+        grpo=GRPOSection(beta=1e-3),
         optim=OptimSection(learning_rate=1e-6, schedule="linear", micro_batch_size=32, freeze_vision=True),
         sft=SFTSection(steps=0),
         checkpoint=CheckpointSection(save_interval_steps=100, max_to_keep=3),

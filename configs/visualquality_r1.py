@@ -28,7 +28,7 @@ def get_config() -> Config:
                                  stop_strings=("</answer>",), prompt_buckets=(320, 384, 512)),
             two_pass=False),
         rewards=RewardsSection(weights={"ranking": 1.0, "qinsight_format": 1.0}, params={}),
-        grpo=GRPOSection(num_generations=6, beta=0.04, max_completion_length=NEW_TOKENS),
+        grpo=GRPOSection(beta=0.04),
         optim=OptimSection(learning_rate=1e-6, schedule="linear", micro_batch_size=16, freeze_vision=True),
         sft=SFTSection(steps=0),
         checkpoint=CheckpointSection(save_interval_steps=100, max_to_keep=3),

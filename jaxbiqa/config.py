@@ -257,9 +257,12 @@ Schedule = Literal["linear", "constant", "cosine"]
 @dataclasses.dataclass(frozen=True)
 class GRPOSection:
     """The GRPO objective. Alternatives from method.md section 6: Dr.GRPO (`advantage="drgrpo"`,
-    `aggregation="seq_sum"`), DAPO (`aggregation="token_mean"`, `clip_epsilon_high=0.28`), RLOO."""
+    `aggregation="seq_sum"`), DAPO (`aggregation="token_mean"`, `clip_epsilon_high=0.28`), RLOO.
 
-    num_generations: int = 4            # G: samples per prompt; a group for the advantages
+    The group size G is `rollout.pass1.num_samples` and Dr.GRPO's fixed length the completion
+    width `rollout.pass1.max_new_tokens`: each is set once, where the rollout needs it.
+    """
+
     advantage: Advantage = "grpo"       # grpo: (R - mean) / (std + eps); drgrpo: R - mean; rloo: leave-one-out
     advantage_epsilon: float = 1e-4     # added to the unbiased group std (grpo only)
     clip_epsilon: float = 0.2           # ratio clipped to [1 - eps, 1 + eps_high]
@@ -267,22 +270,18 @@ class GRPOSection:
     beta: float = 1e-3                  # KL weight; 0 skips the reference model entirely
     kl_estimator: KLEstimator = "k3"    # k1: log r; k2: (log r)^2 / 2; k3: exp(-log r) + log r - 1 (r = pi / ref)
     aggregation: Aggregation = "seq_mean_token_mean"
-    max_completion_length: int = 1024   # the fixed length of "seq_sum" (Dr.GRPO) and the sampler's budget
     num_iterations: int = 1             # updates per rollout; > 1 stores the old log-probs before the first
     logprob_chunk_size: int = 256       # sequence chunk of the vocabulary projection (memory vs speed)
 
     def __post_init__(self):
-        if self.num_generations < 2:
-            raise ValueError(f"grpo.num_generations must be >= 2 (a group needs a baseline), "
-                             f"got {self.num_generations}")
         if self.clip_epsilon <= 0 or (self.clip_epsilon_high is not None and self.clip_epsilon_high <= 0):
             raise ValueError(f"grpo.clip_epsilon / clip_epsilon_high must be > 0, got "
                              f"{self.clip_epsilon} / {self.clip_epsilon_high}")
         if self.beta < 0 or self.advantage_epsilon < 0:
             raise ValueError(f"grpo.beta and grpo.advantage_epsilon must be >= 0, "
                              f"got {self.beta}, {self.advantage_epsilon}")
-        if self.num_iterations < 1 or self.max_completion_length < 1 or self.logprob_chunk_size < 1:
-            raise ValueError("grpo.num_iterations, max_completion_length and logprob_chunk_size must be >= 1")
+        if self.num_iterations < 1 or self.logprob_chunk_size < 1:
+            raise ValueError("grpo.num_iterations and logprob_chunk_size must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,6 +450,11 @@ class Config:
     sft: SFTSection = SFTSection()
     checkpoint: CheckpointSection = CheckpointSection()
     train: TrainSection = TrainSection()
+
+    def __post_init__(self):
+        if self.rollout.pass1.num_samples < 2:
+            raise ValueError(f"rollout.pass1.num_samples (G, GRPO's group) must be >= 2: a group needs a baseline, "
+                             f"got {self.rollout.pass1.num_samples}")
 
 
 def bf16_trained_parameters(config: Config) -> list[str]:

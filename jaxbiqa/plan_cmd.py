@@ -155,7 +155,7 @@ def _recipe_runs(args: argparse.Namespace) -> list[tuple[str, Any, Any, dict[str
         lora = None if not model.lora_rank else LoraConfig(rank=model.lora_rank, param_dtype=model.lora_dtype)
         model_config = _read_model(args, dict(param_dtype=model.param_dtype, dtype=model.dtype, remat=model.remat,
                                               lora=lora))
-        workload = Workload(prompts=config.data.global_batch_size, samples=config.grpo.num_generations,
+        workload = Workload(prompts=config.data.global_batch_size, samples=pass1.num_samples,
                             prompt_length=max(pass1.prompt_buckets, default=Workload.prompt_length),
                             new_tokens=pass1.max_new_tokens, micro_batch_size=config.optim.micro_batch_size,
                             freeze_vision=config.optim.freeze_vision, reference=config.grpo.beta > 0,

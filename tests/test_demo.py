@@ -34,7 +34,7 @@ def tiny_overrides(root: Path) -> list[str]:
             f'data.train=["synthetic:{data}"]', f'data.eval=["synthetic:{data}"]', "data.synthetic_num_photos=4",
             "data.synthetic_crops_per_photo=1", "data.synthetic_seen_crops_per_photo=1", "data.synthetic_types_per_crop=1", "data.synthetic_crop_size=56",
             "data.min_pixels=3136", "data.max_pixels=3136", "data.global_batch_size=6",
-            "data.num_epochs=1", "sft.steps=2", "grpo.num_generations=2", "rollout.pass1.num_samples=2",
+            "data.num_epochs=1", "sft.steps=2", "rollout.pass1.num_samples=2",
             "rollout.pass1.max_new_tokens=48", "rollout.pass2.max_new_tokens=16", "rollout.pass1.prompt_buckets=[128]",
             "checkpoint.save_interval_steps=2",
             "checkpoint.async_save=false"]

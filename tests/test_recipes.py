@@ -22,7 +22,6 @@ def test_recipe_loads_and_validates(name: str) -> None:
     config = load_config(name)
     assert config.name == name
     build_reward(reward_specs(config.rewards))  # reward names and parameters resolve
-    assert config.rollout.pass1.num_samples == config.grpo.num_generations
     assert not bf16_trained_parameters(config)
     if config.model.lora_rank == 0:  # full fine-tuning: float32 master weights
         assert config.model.param_dtype == "float32"

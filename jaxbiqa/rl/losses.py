@@ -88,13 +88,13 @@ def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: KLEstimator = "k
     raise ValueError(f"unknown KL estimator {estimator!r}; expected k1, k2 or k3")
 
 
-def aggregate(per_token: jax.Array, mask: jax.Array, mode: Aggregation,
-              max_length: int | None = None) -> SumCount:
+def aggregate(per_token: jax.Array, mask: jax.Array, mode: Aggregation) -> SumCount:
     """(sum, denominator) whose ratio is the batch loss under `mode`.
 
     seq_mean_token_mean: mean over completions of each one's token mean (the authors, TRL "grpo");
-    token_mean: mean over every token of the batch (DAPO); seq_sum: token sum over
-    completions x `max_length` (Dr.GRPO). Rows with no valid token are padding and do not count.
+    token_mean: mean over every token of the batch (DAPO); seq_sum: token sum over completions x
+    the completion width (Dr.GRPO's fixed length: the rollout's `max_new_tokens`, the width of its
+    token buffer, so it is set in one place). Rows with no valid token are padding and do not count.
     """
     mask = jnp.asarray(mask, per_token.dtype)
     masked = per_token * mask
@@ -105,9 +105,7 @@ def aggregate(per_token: jax.Array, mask: jax.Array, mode: Aggregation,
     if mode == "token_mean":
         return masked.sum(), tokens.sum()
     if mode == "seq_sum":
-        if max_length is None or max_length < 1:
-            raise ValueError("aggregation 'seq_sum' needs the fixed max_length (>= 1)")
-        return masked.sum(), rows.sum() * max_length
+        return masked.sum(), rows.sum() * per_token.shape[-1]
     raise ValueError(f"unknown aggregation {mode!r}; expected seq_mean_token_mean, token_mean or seq_sum")
 
 
@@ -153,7 +151,7 @@ def grpo_objective(logp: jax.Array, mask: jax.Array, advantages: jax.Array, opti
         metrics["kl"] = masked_sum_count(jax.lax.stop_gradient(kl_penalty(logp, ref_logp, options.kl_estimator)), mask)
     if entropy is not None:
         metrics["entropy"] = masked_sum_count(jax.lax.stop_gradient(entropy), mask)
-    total, denominator = aggregate(per_token, mask, options.aggregation, options.max_completion_length)
+    total, denominator = aggregate(per_token, mask, options.aggregation)
     return LossTerms(total, denominator, metrics)
 
 

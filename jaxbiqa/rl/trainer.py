@@ -175,9 +175,6 @@ class Trainer:
             raise ValueError("train.train_pass2 needs rollout.two_pass")
         if self.train.train_pass2 and config.rollout.pass2.num_samples != 1:
             raise ValueError("train.train_pass2 needs rollout.pass2.num_samples == 1 (one pass-2 row per sample)")
-        if config.rollout.pass1.num_samples != config.grpo.num_generations:
-            raise ValueError(f"rollout.pass1.num_samples ({config.rollout.pass1.num_samples}) must equal "
-                             f"grpo.num_generations ({config.grpo.num_generations}): the G samples of a group")
         self.processor = build_processor(config.model, config.data)
         self.tokenizer = self.processor.tokenizer
         self.preprocess = Pass1Preprocess(self.processor)
@@ -511,7 +508,7 @@ class Trainer:
     def _grpo_step(self, step_fn: TrainStep, state: TrainState, reference, data, step: int,
                    pool: concurrent.futures.ThreadPoolExecutor) -> tuple[TrainState, dict, list]:
         config, grpo = self.config, self.config.grpo
-        group = grpo.num_generations
+        group = config.rollout.pass1.num_samples
         key = jax.random.fold_in(self.key, step)
         rollout_key, update_key = jax.random.split(key)
         policy = step_fn.model(state)
@@ -609,7 +606,7 @@ class Trainer:
         return state, record, samples
 
     def _samples(self, records, result, total, components) -> list[dict[str, Any]]:
-        group = self.config.grpo.num_generations
+        group = self.config.rollout.pass1.num_samples
         out = []
         for b, record in enumerate(records[: self.train.samples_per_log]):
             for g in range(group):

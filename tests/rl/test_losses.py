@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbiqa.config import GRPOSection
+from jaxbiqa.config import Config, GRPOSection, RolloutSection, SamplingSection
 from jaxbiqa.rl import losses
 
 B, C, G = 8, 6, 4
@@ -117,10 +117,9 @@ def test_kl_estimators(kind):
 @pytest.mark.parametrize("kind", ["k1", "k2", "k3"])
 def test_grpo_objective_matches_numpy(agg, kind):
     logp, old, ref, mask, adv, entropy = _inputs(2)
-    options = GRPOSection(beta=0.04, kl_estimator=kind, aggregation=agg, clip_epsilon_high=0.28,
-                          max_completion_length=C + 3)
+    options = GRPOSection(beta=0.04, kl_estimator=kind, aggregation=agg, clip_epsilon_high=0.28)
     terms = losses.grpo_objective(logp, mask, adv, options, old_logp=old, ref_logp=ref, entropy=entropy)
-    expected = np_loss(logp, old, ref, mask, adv, 0.2, 0.28, 0.04, kind, agg, C + 3)
+    expected = np_loss(logp, old, ref, mask, adv, 0.2, 0.28, 0.04, kind, agg, C)  # seq_sum: the width C
     np.testing.assert_allclose(float(terms.total / terms.denominator), expected, rtol=1e-5)
     np.testing.assert_allclose(float(losses.finish(terms.metrics["kl"])),
                                (np_kl(logp, ref, kind) * mask).sum() / mask.sum(), rtol=1e-5)
@@ -134,7 +133,7 @@ def test_grpo_objective_matches_numpy(agg, kind):
 @pytest.mark.parametrize("agg", ["seq_mean_token_mean", "token_mean", "seq_sum"])
 def test_sum_denominator_pairs_are_exact_over_micro_batches(agg):
     logp, old, ref, mask, adv, _ = _inputs(3)
-    options = GRPOSection(beta=0.1, aggregation=agg, max_completion_length=C)
+    options = GRPOSection(beta=0.1, aggregation=agg)
     full = losses.grpo_objective(logp, mask, adv, options, old_logp=old, ref_logp=ref)
     parts = [losses.grpo_objective(logp[s], mask[s], adv[s], options, old_logp=old[s], ref_logp=ref[s])
              for s in (slice(0, 3), slice(3, 4), slice(4, 8))]  # unequal parts, one with the padding row
@@ -168,11 +167,9 @@ def test_errors_name_the_problem():
     logp, old, _, mask, adv, _ = _inputs()
     with pytest.raises(ValueError, match="reference log-probs"):
         losses.grpo_objective(logp, mask, adv, GRPOSection(beta=0.1))
-    with pytest.raises(ValueError, match="max_length"):
-        losses.aggregate(jnp.asarray(logp), mask, "seq_sum")
     with pytest.raises(ValueError, match="unknown KL"):
         losses.kl_penalty(logp, old, "k4")
     with pytest.raises(ValueError, match="8 completions"):
         losses.clipped_surrogate(logp, old, adv[:3], 0.2)
-    with pytest.raises(ValueError, match="num_generations"):
-        GRPOSection(num_generations=1)
+    with pytest.raises(ValueError, match=r"rollout.pass1.num_samples \(G"):
+        Config(rollout=RolloutSection(pass1=SamplingSection(num_samples=1)))

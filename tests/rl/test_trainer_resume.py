@@ -100,7 +100,7 @@ def test_reference_after_a_warm_start_is_saved_once_not_per_checkpoint(assets, m
     for output in (straight, resumed):
         assert (output / "checkpoints" / REFERENCE_ITEM).is_dir()
 
-    no_kl = tiny_config(model_dir, data_dir, root / "warm" / "beta0", grpo=GRPOSection(num_generations=2, beta=0.0))
+    no_kl = tiny_config(model_dir, data_dir, root / "warm" / "beta0", grpo=GRPOSection(beta=0.0))
     assert _run(no_kl, monkeypatch).step == config.sft.steps + GRPO_STEPS
     assert not (Path(no_kl.output_dir) / "checkpoints" / REFERENCE_ITEM).exists()
     last = str(config.sft.steps + GRPO_STEPS)

@@ -22,9 +22,9 @@ B, P, C, G = 8, 5, 7, 4
 TEXT_ONLY = trainable_filter(lora=False, freeze_vision=True)
 # jaxbiqa options <-> TRL loss_type
 CASES = {
-    "grpo": GRPOSection(beta=0.04, aggregation="seq_mean_token_mean", max_completion_length=C),
-    "dr_grpo": GRPOSection(beta=0.0, aggregation="seq_sum", clip_epsilon_high=0.28, max_completion_length=C),
-    "bnpo": GRPOSection(beta=0.04, aggregation="token_mean", max_completion_length=C),
+    "grpo": GRPOSection(beta=0.04, aggregation="seq_mean_token_mean"),
+    "dr_grpo": GRPOSection(beta=0.0, aggregation="seq_sum", clip_epsilon_high=0.28),
+    "bnpo": GRPOSection(beta=0.04, aggregation="token_mean"),
 }
 
 

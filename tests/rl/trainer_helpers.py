@@ -45,7 +45,7 @@ def tiny_settings(model_dir: Path, data_dir: Path, output_dir: Path) -> dict:
                                  pad_token_id=ENDOFTEXT_ID),
             pass2=SamplingSection(max_new_tokens=12, stop_strings=("</answer>",), eos_token_ids=eos,
                                  pad_token_id=ENDOFTEXT_ID)),
-        grpo=GRPOSection(num_generations=2, beta=1e-3),
+        grpo=GRPOSection(beta=1e-3),
         optim=OptimSection(learning_rate=1e-3, schedule="constant", freeze_vision=True),
         sft=SFTSection(steps=2, optim=OptimSection(learning_rate=3e-3, schedule="constant", freeze_vision=False)),
         checkpoint=CheckpointSection(save_interval_steps=2, async_save=False),

@@ -268,6 +268,6 @@ def test_readme_memory_table_is_the_plan_of_the_recipes(capsys):
     [row] = json.loads(capsys.readouterr().out)
     assert row["param_dtype"] == "float32" and row["dtype"] == "bfloat16"
     assert row["workload"]["prompts"] == humaniqa.data.global_batch_size == 64
-    assert row["workload"]["samples"] == humaniqa.grpo.num_generations == 4
+    assert row["workload"]["samples"] == humaniqa.rollout.pass1.num_samples == 4
     assert row["workload"]["new_tokens"] == humaniqa.rollout.pass1.max_new_tokens
     assert row["parameters"] >= 4 * row["total_params"] // 8  # float32 master weights, fsdp over 8
