@@ -31,8 +31,8 @@ so the recipe keeps this tower.
 """
 
 from jaxbiqa.config import (
-    CheckpointSection, Config, DataSection, GRPOSection, ModelSection, OptimSection, RewardsSection, RolloutSection,
-    SFTSection, SamplingSection)
+    CheckpointSection, Config, DataSection, EvalSection, GRPOSection, ModelSection, OptimSection, RewardsSection,
+    RolloutSection, SFTSection, SamplingSection)
 from jaxbiqa.demo_assets import ENDOFTEXT_ID, IM_END_ID
 
 SIDE = 112  # image side in pixels: 8 x 8 patches of 14, 16 visual tokens after the 2 x 2 merge
@@ -62,4 +62,5 @@ def get_config() -> Config:
         sft=SFTSection(steps=400, optim=OptimSection(learning_rate=3e-3, schedule="cosine", warmup_steps=20,
                                                      end_learning_rate=1.5e-4, freeze_vision=False)),
         checkpoint=CheckpointSection(save_interval_steps=100, max_to_keep=2),
+        eval=EvalSection(decoding="greedy"),  # the trainer's evaluations (`jaxbiqa demo --decoding` sets its own)
     )

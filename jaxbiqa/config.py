@@ -362,19 +362,55 @@ class TrainSection:
     tensorboard: bool = True
     progress: bool = True            # a tqdm progress bar with ETA on stderr
 
-    # evaluation (greedy rollout on data.eval / data.eval_split) at the end, and after the warm start
+    # evaluation (`config.eval` on data.eval / data.eval_split) at the end, and after the warm start
     eval_at_end: bool = True
     eval_after_sft: bool = True
-    eval_batch_size: int = 0         # records per evaluation batch (global); 0 = data.global_batch_size
-    eval_max_examples: int = 0       # 0: the whole eval split
 
     def __post_init__(self):
-        for name in ("max_steps", "sft_batch_size", "samples_every", "samples_per_log", "eval_batch_size",
-                     "eval_max_examples"):
+        for name in ("max_steps", "sft_batch_size", "samples_every", "samples_per_log"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.log_every < 1:
             raise ValueError(f"train.log_every must be >= 1, got {self.log_every}")
+
+
+# ---------------------------------------------------------------- eval
+# How a policy is evaluated: `jaxbiqa eval` / `score` (their flags override it), the trainer's
+# evaluation hook and the demo. The defaults are the authors' protocol (method.md section 7).
+
+INVALID_SENTINEL = -1.0  # the authors' value for an unparsable rating (`eval.on_invalid="fill"`)
+OnInvalid = Literal["drop", "fill"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSection:
+    decoding: Literal["sampled", "greedy"] = "sampled"  # sampled: temperature / top_k / top_p below
+    seed: int = 42                    # batch b draws with fold_in(key(seed), b)
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 0.95
+    batch_size: int = 0               # records per compiled batch over all processes; 0: data.global_batch_size
+    max_examples: int = 0             # 0: every record
+    two_pass: bool = True             # also the caption-conditioned ratings (needs rollout.two_pass)
+    strict_parse: bool = False        # the authors' rating regex instead of the tolerant parser
+    lower_is_better: tuple[str, ...] = ()  # DMOS datasets besides those named like "csiq"
+    on_invalid: OnInvalid = "drop"    # unparsable ratings: dropped, or set to fill_value (the authors)
+    fill_value: float = INVALID_SENTINEL
+    progress: bool = False            # a progress bar
+
+    def __post_init__(self):
+        if self.decoding not in ("sampled", "greedy"):
+            raise ValueError(f"eval.decoding must be 'sampled' or 'greedy', got {self.decoding!r}")
+        if self.batch_size < 0 or self.max_examples < 0:
+            raise ValueError(f"eval.batch_size and eval.max_examples must be >= 0, got {self.batch_size}, "
+                             f"{self.max_examples}")
+
+    def sampling(self, config: SamplingSection) -> SamplingSection:
+        """One pass's sampling for evaluation: one sample per prompt, this decoding."""
+        if self.decoding == "greedy":
+            return config.replace(num_samples=1, greedy=True)
+        return config.replace(num_samples=1, greedy=False, temperature=self.temperature, top_k=self.top_k,
+                              top_p=self.top_p)
 
 
 # ---------------------------------------------------------------- the whole config
@@ -450,11 +486,18 @@ class Config:
     sft: SFTSection = SFTSection()
     checkpoint: CheckpointSection = CheckpointSection()
     train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
 
     def __post_init__(self):
         if self.rollout.pass1.num_samples < 2:
             raise ValueError(f"rollout.pass1.num_samples (G, GRPO's group) must be >= 2: a group needs a baseline, "
                              f"got {self.rollout.pass1.num_samples}")
+
+
+def eval_settings(config: Config, **changes) -> EvalSection:
+    """`config.eval` with `changes`, a batch size of 0 made `data.global_batch_size`."""
+    section = dataclasses.replace(config.eval, **changes)
+    return dataclasses.replace(section, batch_size=section.batch_size or config.data.global_batch_size)
 
 
 def bf16_trained_parameters(config: Config) -> list[str]:

@@ -95,7 +95,8 @@ def evaluate_run(out_dir: Path, decoding: str, progress: bool, split: str) -> tu
     """Evaluate the run's latest checkpoint on `split` of its eval data (reused when already done
     for that step)."""
     from jaxbiqa.eval.policy import find_checkpoint, load_policy
-    from jaxbiqa.eval.evaluate import METRICS_FILE, EvalSettings, count_records, eval_pipeline, evaluate
+    from jaxbiqa.config import eval_settings
+    from jaxbiqa.eval.evaluate import METRICS_FILE, count_records, eval_pipeline, evaluate
 
     folder = out_dir / EVAL_DIR / f"demo_{decoding}" / split
     done = folder / METRICS_FILE
@@ -108,7 +109,7 @@ def evaluate_run(out_dir: Path, decoding: str, progress: bool, split: str) -> tu
             return folder, metrics
     policy = load_policy(str(out_dir), None)
     data = dataclasses.replace(policy.config.data, eval_split=split)
-    settings = EvalSettings(decoding=decoding, batch_size=data.global_batch_size, progress=progress)
+    settings = eval_settings(policy.config, decoding=decoding, progress=progress)
     result = evaluate(policy.model, policy.processor, eval_pipeline(data, policy.processor), folder,
                       rollout=policy.config.rollout, settings=settings, total=count_records(data),
                       extra={"checkpoint": policy.source, "eval": list(data.eval), "eval_split": split})

@@ -27,9 +27,8 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from jaxbiqa.config import Config, ConfigError
+from jaxbiqa.config import Config, ConfigError, EvalSection, eval_settings
 from jaxbiqa.config_cmd import add_config_arguments
 from jaxbiqa.demo_assets import resolve_demo_model
 from jaxbiqa.eval.policy import CHECKPOINTS_DIR, CheckpointError, Policy, load_policy
@@ -46,14 +45,13 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    from jaxbiqa.eval.evaluate import EvalSettings
-
-    defaults = EvalSettings()
-    parser.add_argument("--decoding", choices=("sampled", "greedy"), default=defaults.decoding,
-                        help="sampled: the authors' T=1, top-k 50, top-p 0.95 (default); greedy: argmax")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed (default: 42, the authors')")
-    parser.add_argument("--batch-size", type=int, default=0,
-                        help="images per compiled batch (default: data.global_batch_size)")
+    """Flags over the config's `eval` section (left out: the config's value)."""
+    parser.add_argument("--decoding", choices=("sampled", "greedy"), default=None,
+                        help="sampled: the authors' T=1, top-k 50, top-p 0.95; greedy: argmax (default: eval.decoding, "
+                             "sampled unless the recipe says otherwise)")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: eval.seed, 42 as the authors)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per compiled batch (default: eval.batch_size, else data.global_batch_size)")
     parser.add_argument("--single-pass", action="store_true", help="pass 1 only: no caption-conditioned ratings")
     parser.add_argument("--strict-parse", action="store_true", help="read ratings with the authors' strict regex")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -65,22 +63,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="generate: caption, reasoning and rating, two passes (default); qalign: one-pass "
                              "probability scoring over the five quality words")
     add_decoding_arguments(parser)
-    parser.add_argument("--max-examples", type=int, default=0, help="evaluate the first N records only (0: all)")
+    parser.add_argument("--max-examples", type=int, default=None,
+                        help="evaluate the first N records only (0: all; default: eval.max_examples)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: <run directory or output_dir>/eval/<mode>[_<decoding>])")
-    parser.add_argument("--lower-is-better", nargs="+", default=[], metavar="DATASET",
-                        help="DMOS datasets besides those named like 'csiq' (target negated)")
-    parser.add_argument("--on-invalid", choices=("drop", "fill"), default="drop",
-                        help="unparsable ratings: drop them (default) or fill with -1 as the authors")
+    parser.add_argument("--lower-is-better", nargs="+", default=None, metavar="DATASET",
+                        help="DMOS datasets besides those named like 'csiq' (target negated; default: "
+                             "eval.lower_is_better)")
+    parser.add_argument("--on-invalid", choices=("drop", "fill"), default=None,
+                        help="unparsable ratings: drop them or fill with -1 as the authors (default: eval.on_invalid, "
+                             "drop)")
 
 
-def settings_from_args(args: argparse.Namespace, config: Config, **changes) -> Any:
-    from jaxbiqa.eval.evaluate import EvalSettings
-
-    return EvalSettings(decoding=args.decoding, seed=args.seed,
-                        batch_size=args.batch_size or config.data.global_batch_size,
-                        two_pass=not args.single_pass, strict_parse=args.strict_parse,
-                        progress=not args.no_progress, **changes)
+def settings_from_args(args: argparse.Namespace, config: Config) -> EvalSection:
+    """The config's `eval` section with the flags given on top, its batch size resolved."""
+    given = {name: getattr(args, name, None) for name in ("decoding", "seed", "batch_size", "max_examples",
+                                                           "on_invalid", "lower_is_better")}
+    given |= {"two_pass": False if args.single_pass else None, "strict_parse": True if args.strict_parse else None}
+    if given["lower_is_better"] is not None:
+        given["lower_is_better"] = tuple(given["lower_is_better"])
+    return eval_settings(config, **{k: v for k, v in given.items() if v is not None}, progress=not args.no_progress)
 
 
 def default_out(policy: Policy, mode: str, decoding: str) -> Path:
@@ -102,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
         policy = load_policy(args.checkpoint, args.config, args.overrides, step=args.step,
                              prepare=resolve_demo_model)
         config = policy.config
-        settings = settings_from_args(args, config, max_examples=args.max_examples,
-                                      lower_is_better=tuple(args.lower_is_better), on_invalid=args.on_invalid)
+        settings = settings_from_args(args, config)
         data = dataclasses.replace(config.data, global_batch_size=settings.batch_size)
         out = args.out or default_out(policy, args.mode, settings.decoding)
         total = count_records(data)

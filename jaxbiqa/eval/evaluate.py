@@ -37,14 +37,14 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from jaxbiqa.config import RolloutSection, SamplingSection
+from jaxbiqa.config import EvalSection, RolloutSection
 from jaxbiqa.eval.alignment import HUMAN_FIELDS, human_reference, rouge1_alignment
-from jaxbiqa.eval.metrics import INVALID_SENTINEL, OnInvalid, gap, iqa_metrics, is_lower_is_better
+from jaxbiqa.eval.metrics import gap, iqa_metrics, is_lower_is_better
 from jaxbiqa.eval.predictions import SCORE_COLUMNS, json_safe
 from jaxbiqa.parse import parse_rating, split_caption, tag_content
 from jaxbiqa.rollout.batch import PromptBatch
@@ -54,39 +54,6 @@ PREDICTIONS_FILE = "predictions.jsonl"
 NO_TARGET_FILE = "predictions_no_target.jsonl"
 HUMAN_FILE = "human.json"
 METRICS_FILE = "metrics.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSettings:
-    """How to evaluate; the defaults are the authors' protocol (method.md section 7)."""
-
-    decoding: Literal["sampled", "greedy"] = "sampled"
-    seed: int = 42
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 0.95
-    batch_size: int = 8
-    max_examples: int = 0             # 0: every record
-    two_pass: bool = True             # also the caption-conditioned ratings (needs rollout.two_pass)
-    strict_parse: bool = False        # the authors' rating regex instead of the tolerant parser
-    lower_is_better: tuple[str, ...] = ()  # DMOS datasets besides those named like "csiq"
-    on_invalid: OnInvalid = "drop"
-    fill_value: float = INVALID_SENTINEL
-    progress: bool = False
-
-    def __post_init__(self):
-        if self.decoding not in ("sampled", "greedy"):
-            raise ValueError(f"decoding must be 'sampled' or 'greedy', got {self.decoding!r}")
-        if self.batch_size < 1 or self.max_examples < 0:
-            raise ValueError(f"batch_size must be >= 1 and max_examples >= 0, got {self.batch_size}, "
-                             f"{self.max_examples}")
-
-    def sampling(self, config: SamplingSection) -> SamplingSection:
-        """One pass's sampling for evaluation: one sample per prompt, this decoding."""
-        if self.decoding == "greedy":
-            return config.replace(num_samples=1, greedy=True)
-        return config.replace(num_samples=1, greedy=False, temperature=self.temperature, top_k=self.top_k,
-                              top_p=self.top_p)
 
 
 class BatchOutput(NamedTuple):
@@ -109,7 +76,7 @@ class Evaluator:
 
     SPLITS = ("think", "answer")  # caption only, caption + think
 
-    def __init__(self, processor, rollout: RolloutSection, vocab_size: int, settings: EvalSettings = EvalSettings()):
+    def __init__(self, processor, rollout: RolloutSection, vocab_size: int, settings: EvalSection = EvalSection()):
         two_pass = settings.two_pass and rollout.two_pass
         config = dataclasses.replace(rollout, pass1=settings.sampling(rollout.pass1),
                                      pass2=settings.sampling(rollout.pass2), two_pass=two_pass)
@@ -206,7 +173,7 @@ def prediction_rows(batch: Mapping[str, np.ndarray], out: BatchOutput, rows: int
 
 # ---------------------------------------------------------------- metrics
 
-def dataset_metrics(name: str, rows: Sequence[Mapping[str, Any]], settings: EvalSettings,
+def dataset_metrics(name: str, rows: Sequence[Mapping[str, Any]], settings: EvalSection,
                     completions: Mapping[str, str], human: Mapping[str, str] | None) -> dict[str, Any]:
     """Every figure of one dataset, in `jaxbiqa eval-predictions --json` layout (its `datasets`
     entries): the metrics of the `rows` with a target, ROUGE-1 of `completions` (image -> pass-1
@@ -242,7 +209,7 @@ class PredictionWriter:
     """Writes prediction rows as they come (`PREDICTIONS_FILE`, `NO_TARGET_FILE`), keeps what the
     metrics need, and at `finish` writes the human texts and the metrics."""
 
-    def __init__(self, out_dir: str | Path, settings: EvalSettings):
+    def __init__(self, out_dir: str | Path, settings: EvalSection):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.settings = settings
@@ -295,7 +262,7 @@ class PredictionWriter:
         return EvalResult(self.predictions, metrics_file, human_file, self.count, metrics)
 
 
-def _limited(batches: Iterable[Mapping[str, np.ndarray]], settings: EvalSettings, total: int | None, what: str):
+def _limited(batches: Iterable[Mapping[str, np.ndarray]], settings: EvalSection, total: int | None, what: str):
     """(index, batch, real rows) up to `max_examples` records, with a progress bar when asked."""
     limit = settings.max_examples or None
     bar = None
@@ -320,12 +287,20 @@ def _limited(batches: Iterable[Mapping[str, np.ndarray]], settings: EvalSettings
             bar.close()
 
 
+def _check_batch_size(settings: EvalSection) -> None:
+    if settings.batch_size < 1:
+        raise ValueError(f"eval batch_size {settings.batch_size}: resolve it first (jaxbiqa.config.eval_settings "
+                         "makes 0 the data section's global_batch_size)")
+
+
 def evaluate(model, processor, batches: Iterable[Mapping[str, np.ndarray]], out_dir: str | Path, *,
-             rollout: RolloutSection, settings: EvalSettings = EvalSettings(), total: int | None = None,
+             rollout: RolloutSection, settings: EvalSection, total: int | None = None,
              extra: Mapping[str, Any] | None = None) -> EvalResult:
     """Generate with `model` on `batches` (e.g. `eval_pipeline`) and write predictions, human texts
-    and metrics into `out_dir` (see the module doc). `total` (records) sizes the progress bar;
+    and metrics into `out_dir` (see the module doc). `settings` is a config's `eval` section with its
+    batch size resolved (`jaxbiqa.config.eval_settings`); `total` (records) sizes the progress bar;
     `extra` is stored in metrics.json (e.g. the checkpoint evaluated)."""
+    _check_batch_size(settings)
     evaluator = Evaluator(processor, rollout, model.config.text.vocab_size, settings)
     writer = PredictionWriter(out_dir, settings)
     base_key = jax.random.key(settings.seed)
@@ -342,12 +317,13 @@ def evaluate(model, processor, batches: Iterable[Mapping[str, np.ndarray]], out_
 
 
 def evaluate_qalign(model, processor, batches: Iterable[Mapping[str, np.ndarray]], out_dir: str | Path, *,
-                    settings: EvalSettings = EvalSettings(), prompt=None, total: int | None = None,
+                    settings: EvalSection, prompt=None, total: int | None = None,
                     extra: Mapping[str, Any] | None = None) -> EvalResult:
     """Probability scoring (`jaxbiqa.eval.qalign`, no generation) of the decoded images of `batches`
     (`eval_pipeline(..., preprocess=False)`): the `overall_score` column only."""
     from jaxbiqa.eval.qalign import QAlignPrompt, qalign_scores
 
+    _check_batch_size(settings)
     prompt = prompt or QAlignPrompt()
     writer = PredictionWriter(out_dir, settings)
     for _, batch, rows in _limited(batches, settings, total, "probability scoring"):

@@ -25,13 +25,12 @@ import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 
 import numpy as np
 from scipy import optimize, stats
 
-INVALID_SENTINEL = -1.0
-OnInvalid = Literal["drop", "fill"]
+from jaxbiqa.config import INVALID_SENTINEL, OnInvalid
+
 NAN = float("nan")
 
 

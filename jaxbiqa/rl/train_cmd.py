@@ -5,7 +5,7 @@
 
 The mesh is `runtime.mesh` (and `runtime.dcn_mesh`); under a launcher (`launch/`) every process
 runs this command and the multi-process runtime starts from the environment.
-`data.global_batch_size` (like `train.sft_batch_size` and `train.eval_batch_size`) counts records
+`data.global_batch_size` (like `train.sft_batch_size` and `eval.batch_size`) counts records
 per step over all processes: the same config takes the same steps on 1 process or N.
 
 Writes under `output_dir`: `config.json` (the resolved config), `checkpoints/`, `train_log.jsonl`,

@@ -30,12 +30,12 @@ are GRPO rollouts, so a checkpoint's step says which state it holds. Randomness:
 `fold_in(key, k)`, so a resumed run draws what the uninterrupted one would have.
 
 At the end: the policy as a Hugging Face checkpoint (`<output_dir>/policy`, LoRA merged, with the
-tokenizer) and the evaluation hook (`jaxbiqa.eval.evaluate`, greedy, `<output_dir>/eval/`).
+tokenizer) and the evaluation hook (`jaxbiqa.eval.evaluate` with `config.eval`, `<output_dir>/eval/`).
 
 Meshes and processes (`Trainer.from_runtime`: `config.runtime` via `jaxbiqa.distributed.setup`,
 or an explicit `mesh`). The run on a mesh, on one process or several, does what the one-device
 run does: the same global batches, the same samples, the same rewards and updates.
-* Data: `data.global_batch_size` (and `train.sft_batch_size`, `train.eval_batch_size`) count
+* Data: `data.global_batch_size` (and `train.sft_batch_size`, `eval.batch_size`) count
   records over all processes; of P processes, process i reads its contiguous 1/P slice of each
   global batch (`data.pipeline.ProcessRows`), decoding only its own images, then
   `distributed.gather_rows` gives every process the whole global batch on the host. The batch
@@ -53,7 +53,7 @@ run does: the same global batches, the same samples, the same rewards and update
   evaluation's predictions; every process takes part in checkpoints (orbax writes each array's
   shards collectively; the data position is saved per process, so resuming with the data
   position needs the same process count, while the arrays restore on any mesh).
-* Evaluation: every process reads the whole eval split and runs the same greedy rollout over the
+* Evaluation: every process reads the whole eval split and runs the same evaluation rollout over the
   mesh; process 0 writes the predictions.
 """
 
@@ -79,9 +79,9 @@ from jax.sharding import Mesh
 
 from jaxbiqa import distributed
 from jaxbiqa.checkpoint import Checkpointer, PreemptionGuard, restore_target
-from jaxbiqa.config import Config, TrainSection, check_master_weights, to_dict
+from jaxbiqa.config import Config, TrainSection, check_master_weights, eval_settings, to_dict
 from jaxbiqa.data.pipeline import Pass1Preprocess, batches_per_epoch, make_pipeline, per_shard, shard_options
-from jaxbiqa.eval.evaluate import METRICS_FILE, PREDICTIONS_FILE, EvalSettings, evaluate
+from jaxbiqa.eval.evaluate import METRICS_FILE, PREDICTIONS_FILE, evaluate
 from jaxbiqa.models.build import abstract_policy, build_policy, build_processor, has_weights, resolve_model_path
 from jaxbiqa.models.qwen2_5_vl import save_pretrained, trainable_filter, vision_plan
 from jaxbiqa.rewards import build_reward, parse_ratings, reward_specs, split_caption
@@ -630,7 +630,7 @@ class Trainer:
         return str(path)
 
     def _evaluate(self, model, logger: MetricsLogger, step: int, name: str) -> dict[str, Any]:
-        """Greedy evaluation of the eval split with `jaxbiqa.eval.evaluate` into `eval/<name>/`.
+        """Evaluation of the eval split with `jaxbiqa.eval.evaluate` and `config.eval` into `eval/<name>/`.
 
         Returns the record count, the metrics file and, per dataset, the image-conditioned
         (`image`), caption-only (`caption`) and caption + think (`caption_think`) metrics; the
@@ -638,8 +638,7 @@ class Trainer:
         whole eval split and runs the same batches over the mesh; process 0's files are kept.
         """
         config = self.config
-        batch_size = self.train.eval_batch_size or config.data.global_batch_size
-        settings = EvalSettings(decoding="greedy", batch_size=batch_size, max_examples=self.train.eval_max_examples)
+        settings = eval_settings(config)
         # every process reads the whole split: one shard
         data = dataclasses.replace(config.data, global_batch_size=settings.batch_size, shard_index=0, shard_count=1)
         eval_batches = make_pipeline(data, "eval", preprocess=self.preprocess)

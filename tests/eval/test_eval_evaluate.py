@@ -20,9 +20,9 @@ from PIL import Image
 from scipy import stats
 
 from jaxbiqa.cli import main
-from jaxbiqa.config import load_config
+from jaxbiqa.config import EvalSection, load_config
 from jaxbiqa.eval.evaluate import (
-    BatchOutput, EvalSettings, Evaluator, PredictionWriter, completion_parts, eval_pipeline, evaluate,
+    BatchOutput, Evaluator, PredictionWriter, completion_parts, eval_pipeline, evaluate,
     evaluate_qalign, fill_batch, prediction_rows)
 from jaxbiqa.eval.qalign import qalign_scores
 from jaxbiqa.models.qwen2_5_vl import ModelConfig, Qwen2_5_VLForConditionalGeneration, TextConfig, VisionConfig
@@ -59,14 +59,14 @@ def first_batch(config, processor):
 
 def test_sampling_settings_are_the_authors_or_greedy(setup):
     config = setup[0]
-    sampled = EvalSettings().sampling(config.rollout.pass1)
+    sampled = EvalSection().sampling(config.rollout.pass1)
     assert (sampled.temperature, sampled.top_k, sampled.top_p, sampled.greedy) == (1.0, 50, 0.95, False)
-    assert sampled.num_samples == 1 and EvalSettings().seed == 42
+    assert sampled.num_samples == 1 and EvalSection().seed == 42
     assert sampled.stop_strings == config.rollout.pass1.stop_strings
-    greedy = EvalSettings(decoding="greedy").sampling(config.rollout.pass2)
+    greedy = EvalSection(decoding="greedy").sampling(config.rollout.pass2)
     assert greedy.greedy and greedy.num_samples == 1
     with pytest.raises(ValueError, match="decoding must be"):
-        EvalSettings(decoding="beam")
+        EvalSection(decoding="beam")
 
 
 def test_fused_evaluation_matches_the_rollout_engine(setup):
@@ -74,7 +74,7 @@ def test_fused_evaluation_matches_the_rollout_engine(setup):
     the engine's two-pass rollout with caption_until="answer"; the caption-only rows are flagged as
     `split_caption` splits the pass-1 texts."""
     config, model, processor = setup
-    settings = EvalSettings(decoding="greedy", batch_size=4)
+    settings = EvalSection(decoding="greedy", batch_size=4)
     evaluator = Evaluator(processor, config.rollout, model.config.text.vocab_size, settings)
     batch, _ = fill_batch(first_batch(config, processor), 4)
     key = jax.random.key(3)
@@ -96,7 +96,7 @@ def test_fused_evaluation_matches_the_rollout_engine(setup):
 
 def test_evaluate_writes_predictions_that_eval_predictions_reads_back(setup, tmp_path, capsys):
     config, model, processor = setup
-    settings = EvalSettings(batch_size=4)
+    settings = EvalSection(batch_size=4)
     result = evaluate(model, processor, eval_pipeline(config.data, processor), tmp_path / "run",
                       rollout=config.rollout, settings=settings)
     rows = read_jsonl(result.predictions)
@@ -136,7 +136,7 @@ def test_evaluate_writes_predictions_that_eval_predictions_reads_back(setup, tmp
 def test_single_pass_writes_the_image_rating_only(setup, tmp_path):
     config, model, processor = setup
     result = evaluate(model, processor, eval_pipeline(config.data, processor), tmp_path,
-                      rollout=config.rollout, settings=EvalSettings(batch_size=4, two_pass=False, max_examples=4))
+                      rollout=config.rollout, settings=EvalSection(batch_size=4, two_pass=False, max_examples=4))
     rows = read_jsonl(result.predictions)
     assert len(rows) == 4 and not any("caption_score" in r or "reasoning_score" in r for r in rows)
     assert list(result.metrics["datasets"]["synthetic"]["columns"]) == ["overall_score"]
@@ -164,7 +164,7 @@ def test_images_of_two_shapes_keep_their_proportions_and_compile_once_each(setup
     grids = {str(i): g.tolist() for b in eval_pipeline(data, processor) for i, g in zip(b["id"], b["image_grid_thw"])}
     square, landscape = [1, 8, 8], [1, 6, 8]  # 112 x 112 and 112 wide x 84 high
     assert list(grids.values()) == [square] * 3 + [landscape] * 3 + [square]
-    settings = EvalSettings(decoding="greedy", batch_size=2)
+    settings = EvalSection(decoding="greedy", batch_size=2)
     first = evaluate(model, processor, eval_pipeline(data, processor), tmp_path / "first", rollout=config.rollout,
                      settings=settings)
     assert [r["image"] for r in read_jsonl(first.predictions)] == list(grids)
@@ -195,7 +195,7 @@ def test_metrics_of_parseable_ratings_read_back_the_same(tmp_path):
     mos = rng.uniform(1, 5, 12)
     image = np.clip(mos + rng.normal(0, 0.4, 12), 1, 5)
     caption = np.clip(mos + rng.normal(0, 1.0, 12), 1, 5)
-    settings = EvalSettings()
+    settings = EvalSection()
     writer = PredictionWriter(tmp_path, settings)
     ids = [f"img{i}.png" for i in range(12)]
     pass1 = [_completion(r) for r in image]
@@ -272,7 +272,7 @@ def test_probability_scoring_mode(setup, tmp_path):
     model.lm_head.kernel.set_value(model.lm_head.kernel[...] * 40.0)  # level probabilities far from uniform
 
     result = evaluate_qalign(model, processor, eval_pipeline(config.data), tmp_path / "q",
-                             settings=EvalSettings(batch_size=4))
+                             settings=EvalSection(batch_size=4))
     rows = read_jsonl(result.predictions)
     images = [image for batch in eval_pipeline(config.data) for image in batch["image"]]
     direct = qalign_scores(model, processor, images, batch_size=4)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from trainer_helpers import make_assets, tiny_config
 
-from jaxbiqa.config import TrainSection
+from jaxbiqa.config import EvalSection, TrainSection
 from jaxbiqa.eval.metrics import iqa_metrics
 from jaxbiqa.eval.predictions import load_predictions
 from jaxbiqa.rl.trainer import Trainer
@@ -24,9 +24,9 @@ SFT_STEPS, GRPO_STEPS, NAN_STEP = 2, 5, 3  # NAN_STEP: the GRPO step whose rewar
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("trainer")
     model_dir, data_dir = make_assets(root)
-    config = tiny_config(model_dir, data_dir, root / "out")
+    config = tiny_config(model_dir, data_dir, root / "out", eval=EvalSection(decoding="greedy", batch_size=2))
     trainer = Trainer(config, train=TrainSection(max_steps=GRPO_STEPS, progress=False, samples_every=2,
-                                                 samples_per_log=1, eval_batch_size=2))
+                                                 samples_per_log=1))
     original, calls = trainer.reward_fn, []
 
     def poisoned(texts, batch):

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 from jaxbiqa.config import (
-    CheckpointSection, Config, DataSection, GRPOSection, ModelSection, OptimSection, RolloutSection, SFTSection,
-    SamplingSection)
+    CheckpointSection, Config, DataSection, EvalSection, GRPOSection, ModelSection, OptimSection, RolloutSection,
+    SFTSection, SamplingSection)
 from jaxbiqa.demo_assets import ENDOFTEXT_ID, IM_END_ID, DemoModelSpec, build_demo_tokenizer, demo_model_config
 
 TINY_SPEC = DemoModelSpec(bpe_vocab=1536, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
@@ -49,6 +49,7 @@ def tiny_settings(model_dir: Path, data_dir: Path, output_dir: Path) -> dict:
         optim=OptimSection(learning_rate=1e-3, schedule="constant", freeze_vision=True),
         sft=SFTSection(steps=2, optim=OptimSection(learning_rate=3e-3, schedule="constant", freeze_vision=False)),
         checkpoint=CheckpointSection(save_interval_steps=2, async_save=False),
+        eval=EvalSection(decoding="greedy"),
     )
 
 
