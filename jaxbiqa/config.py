@@ -125,6 +125,7 @@ class DataSection:
     # of one size (pipeline.BatchPlan), e.g. KonIQ 512x384 -> 504x392 (252 tokens), 512x512 -> 448x448
     max_pixels: int = 200_704          # 256 x 28 x 28: at most 256 visual tokens
     min_pixels: int = 3_136            # 56 x 56, the Qwen2.5-VL processor's default
+    prompts: str = "humaniqa"          # the prompt set of both passes, by name (`jaxbiqa.prompts.PROMPT_SETS`)
 
     # iteration
     global_batch_size: int = 8         # records per step over all processes (each reads its 1/P share)

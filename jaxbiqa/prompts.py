@@ -2,7 +2,7 @@
 
 The odd spacing in the pass-1 system prompt ("logics.First", "Second  thinks") is the authors'
 and is kept: released checkpoints were trained on exactly these bytes. Configs choose a prompt set
-by name from `PROMPT_SETS`.
+by name from `PROMPT_SETS` (`data.prompts`).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from jaxbiqa.data.synthetic import DISTORTIONS, PHOTOS, annotate
 from jaxbiqa.demo_assets import (
     DEMO_PREFIX, DEMO_TOKEN_IDS, DemoModelSpec, demo_model_config, ensure_demo_model, resolve_demo_model)
 from jaxbiqa.models.build import build_policy, build_processor
+from jaxbiqa.prompts import PROMPT_SETS
 from jaxbiqa.rewards import split_caption
 from jaxbiqa.rl.references import reference_completion
 
@@ -88,3 +89,10 @@ def test_demo_folder_builds_a_random_policy(recipe, demo_dir):
     assert model.config.vision.out_hidden_size == spec.hidden_size
     assert model.config.text.vocab_size == spec.vocab_size == demo_model_config(spec)["text_config"]["vocab_size"]
     assert np.isfinite(np.asarray(model.lm_head.kernel[...])).all()
+
+
+def test_prompt_set_is_chosen_by_the_data_section(recipe, demo_dir):
+    section = dataclasses.replace(recipe.model, path=str(demo_dir))
+    assert build_processor(section, recipe.data).prompts == PROMPT_SETS[recipe.data.prompts]
+    with pytest.raises(ValueError, match=r"data.prompts: unknown prompt set 'nope'; known: \['humaniqa'\]"):
+        build_processor(section, dataclasses.replace(recipe.data, prompts="nope"))

@@ -21,6 +21,7 @@ from jaxbiqa.config import DataSection
 from jaxbiqa.models.qwen2_5_vl import LoraConfig, ModelConfig, Qwen2_5_VLForConditionalGeneration
 from jaxbiqa.models.qwen2_5_vl.weights import INDEX_FILE, SINGLE_FILE, abstract_model, load_model, read_config
 from jaxbiqa.processing import Processor, load_image_processor, load_tokenizer
+from jaxbiqa.prompts import prompt_set
 from jaxbiqa.sharding import DEFAULT_RULES, LogicalRules
 
 
@@ -71,8 +72,13 @@ def abstract_policy(section, *, seed: int = 0) -> nnx.Module:
 
 
 def build_processor(section, data: DataSection = DataSection()) -> Processor:
-    """Tokenizer (`model.tokenizer`, else the model folder) and image processor with the data's pixel budget."""
+    """Tokenizer (`model.tokenizer`, else the model folder), image processor with the data's pixel
+    budget, and the data section's prompt set."""
+    try:
+        prompts = prompt_set(data.prompts)
+    except KeyError as err:
+        raise ValueError(f"data.prompts: {err.args[0]}") from None
     path = resolve_model_path(section.path)
     folder = path if path.is_dir() else path.parent
     tokenizer = load_tokenizer(Path(section.tokenizer) if section.tokenizer else folder)
-    return Processor(tokenizer, load_image_processor(folder, data.min_pixels, data.max_pixels))
+    return Processor(tokenizer, load_image_processor(folder, data.min_pixels, data.max_pixels), prompts)
