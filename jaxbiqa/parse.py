@@ -147,3 +147,13 @@ def split_caption(text: Any, *, until: Literal["think", "answer"] = "think") -> 
     if not found or not head.strip():
         return None
     return head
+
+
+def caption_text(text: Any) -> str | None:
+    """The caption of a pass-1 completion, stripped: the `<caption>` block's content, else the text
+    before `<think>` (`split_caption`); None without either."""
+    caption = tag_content(text, "caption")
+    if caption is None:
+        head = split_caption(text, until="think")
+        caption = head.strip() if head is not None else None
+    return caption

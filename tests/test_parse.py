@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from jaxbiqa.parse import parse_rating, parse_ratings, rating_in_answer, split_caption, tag_content
+from jaxbiqa.parse import caption_text, parse_rating, parse_ratings, rating_in_answer, split_caption, tag_content
 
 RELEASED = (
     "<caption>\nA stone carving.\n</caption>\n\n<think>\nWell focused.\n</think>\n\n"
@@ -102,3 +102,10 @@ def test_split_caption() -> None:
     assert split_caption("  \n<think>x</think>") is None
     with pytest.raises(ValueError, match="until"):
         split_caption(text, until="caption")
+
+
+def test_caption_text_is_the_caption_block_else_the_text_before_think():
+    assert caption_text("<caption>\n A sharp photo.\n</caption>\n<think>ok</think>") == "A sharp photo."
+    assert caption_text("A dark photo of a cat.\n<think>noisy</think><answer>{}</answer>") == "A dark photo of a cat."
+    assert caption_text('<answer>{"rating": 3}</answer>') is None
+    assert caption_text("  \n<think>nothing before</think>") is None

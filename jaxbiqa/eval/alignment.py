@@ -1,13 +1,13 @@
 """How human-like the model's perception is: ROUGE-1 of its captions against Q-Reasoning texts.
 
 The caption of a pass-1 completion is the text inside ``<caption>…</caption>``; without those
-tags, the text before ``<think>``. A completion with neither has no caption: it is scored 0 (an
+tags, the text before ``<think>`` (`jaxbiqa.parse.caption_text`). A completion with neither has no caption: it is scored 0 (an
 empty candidate) and counted in `n_no_caption`, so a model is not rewarded for dropping the layout.
 
 The reference of an image is its human description, good aspect and bad aspect joined by single
-spaces (the reasoning reward's reference, method.md section 4). Human files are JSON lists of
-records with an ``image`` key, as ``q-reasoning/human_test.json``; a text field may be
-``{"answer": str}``, a plain string, or a list of strings (joined by spaces). Images are matched by
+spaces, read as the reasoning reward reads them (`jaxbiqa.data.human_text.human_text`: a field
+may be ``{"answer": str}``, a plain string, or a list of strings, every annotator's text kept).
+Human files are JSON lists of records with an ``image`` key, as ``q-reasoning/human_test.json``. Images are matched by
 exact name, else by file name (``dir/x.jpg`` matches ``x.jpg``).
 
 ROUGE-1 is rouge-score's, with its default tokenizer and no stemmer; precision is the share of
@@ -17,7 +17,6 @@ caption words found in the human text, recall the share of human words found in 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
@@ -25,8 +24,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from rouge_score import rouge_scorer
 
-HUMAN_FIELDS = ("description", "good_aspect", "bad_aspect")
-_CAPTION = re.compile(r"<caption>(.*?)</caption>", re.DOTALL)
+from jaxbiqa.data.human_text import HUMAN_FIELDS, human_text
+from jaxbiqa.parse import caption_text
+
 
 
 @dataclass(frozen=True)
@@ -39,33 +39,6 @@ class AlignmentResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def extract_caption(completion: str) -> str | None:
-    """The caption of a pass-1 completion, or None when it has neither caption tags nor ``<think>``."""
-    match = _CAPTION.search(completion)
-    if match:
-        return match.group(1).strip()
-    if "<think>" in completion:
-        return completion.split("<think>", 1)[0].strip()
-    return None
-
-
-def _field_text(value: object, where: str) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, Mapping) and "answer" in value:
-        return _field_text(value["answer"], where)
-    if isinstance(value, Sequence):
-        return " ".join(t for t in (_field_text(v, where) for v in value) if t)
-    raise ValueError(f"{where}: expected a string, a list of strings or {{'answer': str}}, got {value!r}")
-
-
-def human_reference(record: Mapping, fields: Sequence[str] = HUMAN_FIELDS, where: str = "record") -> str:
-    """The fields' texts joined by spaces (missing fields are skipped)."""
-    return " ".join(t for t in (_field_text(record.get(f), f"{where}, field {f!r}") for f in fields) if t)
 
 
 def load_human_texts(path: str | Path, fields: Sequence[str] = HUMAN_FIELDS) -> dict[str, str]:
@@ -86,7 +59,7 @@ def load_human_texts(path: str | Path, fields: Sequence[str] = HUMAN_FIELDS) -> 
         if record["image"] in seen:
             raise ValueError(f"{where}: duplicate image {record['image']}")
         seen.add(record["image"])
-        text = human_reference(record, fields, where)
+        text = human_text(record, fields, where=where)
         if text:
             texts[record["image"]] = text
     return texts
@@ -112,7 +85,7 @@ def rouge1_alignment(completions: Mapping[str, str], human: Mapping[str, str]) -
     matched = _match(list(completions), human)
     scores, missing = [], 0
     for image, key in matched.items():
-        caption = extract_caption(completions[image])
+        caption = caption_text(completions[image])
         if caption is None:
             missing += 1
             caption = ""

@@ -43,10 +43,11 @@ import jax
 import numpy as np
 
 from jaxbiqa.config import EvalSection, RolloutSection
-from jaxbiqa.eval.alignment import HUMAN_FIELDS, human_reference, rouge1_alignment
+from jaxbiqa.data.human_text import HUMAN_FIELDS, human_text
+from jaxbiqa.eval.alignment import rouge1_alignment
 from jaxbiqa.eval.metrics import gap, iqa_metrics, is_lower_is_better
 from jaxbiqa.eval.predictions import SCORE_COLUMNS, json_safe
-from jaxbiqa.parse import parse_rating, split_caption, tag_content
+from jaxbiqa.parse import caption_text, parse_rating, tag_content
 from jaxbiqa.rollout.batch import PromptBatch
 from jaxbiqa.rollout.engine import Rollout
 
@@ -130,11 +131,7 @@ def _finite(value: Any) -> float | None:
 def completion_parts(text: str) -> dict[str, Any]:
     """Caption (the `<caption>` block, else the text before `<think>`), reasoning (the `<think>`
     block) and rating of a pass-1 completion; None / NaN where missing."""
-    caption = tag_content(text, "caption")
-    if caption is None:
-        head = split_caption(text, until="think")
-        caption = head.strip() if head is not None else None
-    return {"caption": caption, "reasoning": tag_content(text, "think"), "rating": parse_rating(text)}
+    return {"caption": caption_text(text), "reasoning": tag_content(text, "think"), "rating": parse_rating(text)}
 
 
 def base_record(batch: Mapping[str, np.ndarray], i: int) -> dict[str, Any]:
@@ -244,7 +241,7 @@ class PredictionWriter:
         if not self.count:
             raise ValueError("evaluation saw no records (an empty eval split?)")
         human_file = None
-        references = {image: human_reference(fields) for image, fields in self.human.items()}
+        references = {image: human_text(fields) for image, fields in self.human.items()}
         if self.human:
             human_file = self.out_dir / HUMAN_FILE
             human_file.write_text(json.dumps(list(self.human.values()), indent=1, ensure_ascii=False) + "\n",

@@ -6,13 +6,14 @@ per sample, plus rollout context (`group`, `pass2_completions`). Each reward is 
 factory of keyword-only parameters; `registry` builds weighted sums from config specs.
 """
 
+from jaxbiqa.data.human_text import HUMAN_FIELDS, human_references
 from jaxbiqa.parse import parse_rating, parse_ratings, rating_in_answer, split_caption, tag_content
 from jaxbiqa.rewards.base import Batch, RewardFn
 from jaxbiqa.rewards.consistency import self_consistency_reward
 from jaxbiqa.rewards.degradation import degradation_reward, parse_degradation
 from jaxbiqa.rewards.format import format_reward, qinsight_format_reward
 from jaxbiqa.rewards.ranking import fidelity, ranking_reward
-from jaxbiqa.rewards.reasoning import HUMAN_FIELDS, human_references, reasoning_reward
+from jaxbiqa.rewards.reasoning import reasoning_reward
 from jaxbiqa.rewards.registry import (
     REWARDS,
     RewardSpec,

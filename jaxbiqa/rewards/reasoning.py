@@ -1,72 +1,27 @@
 """Reasoning reward: ROUGE-1 of the completion against the human perception text (rouge-score).
 
-The human text of a sample joins the chosen fields (default description, good_aspect, bad_aspect)
-with spaces. The authors' reward code concatenates them with no separator, so a field that does
-not end in punctuation merges with the next one's first word ("...overseas" + "The space..." ->
-"overseasthe", one token ROUGE matches with nothing; on real completions this lowers ROUGE-1
-precision by up to 0.02 for about one pair in eight, method.md 8.6). jaxbiqa keeps the spaces;
-`join="authors"` reproduces their concatenation exactly. A field value may be a string, a `{"answer": str}` dict (Q-Reasoning test), a list of
-strings (one per annotator), or blank / None (missing). A string holding
-`<translation>EN</translation>` (the Q-Reasoning training file) contributes its English part.
-Lists make one reference per annotator k (the k-th entry of every list field, plus the plain
-string fields); the reward takes the best reference. A sample without any reference text that
-ROUGE can tokenise gets the `missing` constant.
+The human text of a sample is read by `jaxbiqa.data.human_text.human_references`: the chosen
+fields (default description, good_aspect, bad_aspect) joined with spaces, or with nothing as the
+authors' code does (`join="authors"`; on real completions their merged words lower ROUGE-1
+precision by up to 0.02 for about one pair in eight, method.md 8.6), one reference per annotator;
+the reward takes the best reference. A sample without any reference text that ROUGE can tokenise
+gets the `missing` constant.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from rouge_score.rouge_scorer import RougeScorer
 from rouge_score.tokenizers import DefaultTokenizer
 
+from jaxbiqa.data.human_text import HUMAN_FIELDS, SEPARATORS, Join, human_references
 from jaxbiqa.parse import tag_content
 from jaxbiqa.rewards.base import Batch, RewardFn, column
 
-HUMAN_FIELDS: tuple[str, ...] = ("description", "good_aspect", "bad_aspect")
 MEASURES: tuple[str, ...] = ("precision", "recall", "fmeasure")
-Join = Literal["space", "authors"]
-SEPARATORS: dict[str, str] = {"space": " ", "authors": ""}
-
-
-def _field_text(value: Any, *, where: str) -> str | list[str | None] | None:
-    """One field value as a string, a per-annotator list, or None when missing."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    if isinstance(value, Mapping):
-        if "answer" not in value:
-            raise ValueError(f"{where}: a dict field value needs an 'answer' key, got keys {sorted(value)}")
-        return _field_text(value["answer"], where=where)
-    if isinstance(value, str):
-        english = tag_content(value, "translation")
-        text = (english if english is not None else value).strip()
-        return text or None
-    if isinstance(value, (list, tuple, np.ndarray)):
-        items = [_field_text(v, where=f"{where}[{k}]") for k, v in enumerate(value)]
-        if any(isinstance(item, list) for item in items):
-            raise ValueError(f"{where}: nested lists are not a human text")
-        return items if any(items) else None
-    raise TypeError(f"{where}: a human text must be a str, dict, list or None, got {type(value).__name__}")
-
-
-def human_references(
-    sample: Mapping[str, Any], fields: Sequence[str] = HUMAN_FIELDS, *, where: str = "sample", join: Join = "space"
-) -> list[str]:
-    """The reference texts of one sample (one per annotator; empty when it has no human text), the
-    fields joined with a space or, `join="authors"`, with nothing (see the module docstring)."""
-    if join not in SEPARATORS:
-        raise ValueError(f"human_references: join must be one of {list(SEPARATORS)}, got {join!r}")
-    texts = [_field_text(sample.get(f), where=f"{where} field {f!r}") for f in fields]
-    n_refs = max((len(t) for t in texts if isinstance(t, list)), default=1)
-    refs = []
-    for k in range(n_refs):
-        parts = [t[k] if isinstance(t, list) and k < len(t) else t for t in texts]
-        parts = [p for p in parts if isinstance(p, str)]
-        if parts:
-            refs.append(SEPARATORS[join].join(parts))
-    return refs
 
 
 def reasoning_reward(

@@ -5,27 +5,7 @@ import json
 import pytest
 from rouge_score import rouge_scorer
 
-from jaxbiqa.eval.alignment import extract_caption, human_reference, load_human_texts, rouge1_alignment
-
-
-def test_extract_caption():
-    assert extract_caption("<caption>\n A sharp photo.\n</caption>\n<think>ok</think>") == "A sharp photo."
-    fallback = "A dark photo of a cat.\n<think>noisy</think><answer>{}</answer>"
-    assert extract_caption(fallback) == "A dark photo of a cat."
-    assert extract_caption('<answer>{"rating": 3}</answer>') is None
-
-
-def test_human_reference_accepts_answer_objects_strings_and_lists():
-    record = {
-        "description": {"answer": "A red bike."},
-        "good_aspect": "Sharp focus.",
-        "bad_aspect": ["Too dark.", {"answer": "Noisy sky."}],
-        "instruction": {"answer": "ignored"},
-    }
-    assert human_reference(record) == "A red bike. Sharp focus. Too dark. Noisy sky."
-    assert human_reference({"description": {"answer": "Only this."}}) == "Only this."
-    with pytest.raises(ValueError, match="field 'good_aspect'"):
-        human_reference({"good_aspect": 3})
+from jaxbiqa.eval.alignment import load_human_texts, rouge1_alignment
 
 
 def test_load_human_texts(tmp_path):

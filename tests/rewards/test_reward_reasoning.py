@@ -97,7 +97,7 @@ def test_caption_only() -> None:
 
 
 def test_bad_human_text_and_parameters() -> None:
-    with pytest.raises(TypeError, match=r"batch\[0\] field 'description'"):
+    with pytest.raises(ValueError, match=r"batch\[0\] field 'description'"):
         reasoning_reward()(["x"], batch({"description": 3, "good_aspect": " ", "bad_aspect": " "}))
     with pytest.raises(ValueError, match="'answer' key"):
         reasoning_reward()(["x"], batch({"description": {"text": "a"}, "good_aspect": " ", "bad_aspect": " "}))
