@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from jaxbiqa.config import SamplingSection
-from jaxbiqa.models.qwen2_5_vl.text import CACHE_AXES, KVCache, init_cache
+from jaxbiqa.models.qwen2_5_vl.text import KVCache, init_cache, repeat_cache
 from jaxbiqa.rollout.batch import PromptBatch, prepare_prompts
 from jaxbiqa.rollout.logits import sample_tokens, token_logprob
 from jaxbiqa.rollout.textmatch import StringMatcher, advance, build_matcher, token_bytes
@@ -79,11 +79,7 @@ def repeat_rows(prefilled: Prefilled, times: int) -> Prefilled:
     """Each row repeated `times` times in place (rows b * times + g): the group-sampling expansion."""
     if times == 1:
         return prefilled
-    cache = prefilled.cache
-    cache = KVCache(k=constrain(jnp.repeat(cache.k, times, axis=1), CACHE_AXES.k),
-                    v=constrain(jnp.repeat(cache.v, times, axis=1), CACHE_AXES.v),
-                    mask=constrain(jnp.repeat(cache.mask, times, axis=0), CACHE_AXES.mask), index=cache.index)
-    return Prefilled(cache, constrain(jnp.repeat(prefilled.logits, times, axis=0), ("batch", "vocab")),
+    return Prefilled(repeat_cache(prefilled.cache, times), constrain(jnp.repeat(prefilled.logits, times, axis=0), ("batch", "vocab")),
                      jnp.repeat(prefilled.next_position, times, axis=0))
 
 

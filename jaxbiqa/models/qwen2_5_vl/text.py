@@ -249,6 +249,8 @@ class TextModel(nnx.Module):
 
 
 def repeat_cache(cache: KVCache, n: int) -> KVCache:
-    """Every row repeated `n` times (row b becomes rows b*n .. b*n + n-1): G samples share one prefill."""
-    return KVCache(k=jnp.repeat(cache.k, n, axis=1), v=jnp.repeat(cache.v, n, axis=1),
-                   mask=jnp.repeat(cache.mask, n, axis=0), index=cache.index)
+    """Every row repeated `n` times (row b becomes rows b*n .. b*n + n-1): G samples share one
+    prefill. The copies keep the cache's logical sharding (`CACHE_AXES`)."""
+    return KVCache(k=constrain(jnp.repeat(cache.k, n, axis=1), CACHE_AXES.k),
+                   v=constrain(jnp.repeat(cache.v, n, axis=1), CACHE_AXES.v),
+                   mask=constrain(jnp.repeat(cache.mask, n, axis=0), CACHE_AXES.mask), index=cache.index)
