@@ -1,8 +1,8 @@
 """How human-like the model's perception is: ROUGE-1 of its captions against Q-Reasoning texts.
 
-The caption of a pass-1 completion is the text inside ``<caption>…</caption>``; without those
-tags, the text before ``<think>`` (`jaxbiqa.parse.caption_text`). A completion with neither has no caption: it is scored 0 (an
-empty candidate) and counted in `n_no_caption`, so a model is not rewarded for dropping the layout.
+The caption of a pass-1 completion (`jaxbiqa.parse.caption_text`) is the text inside
+``<caption>…</caption>``; without those tags, the text before ``<think>``. A completion with
+neither has no caption: it is scored 0 (an empty candidate) and counted in `n_no_caption`, so a model is not rewarded for dropping the layout.
 
 The reference of an image is its human description, good aspect and bad aspect joined by single
 spaces, read as the reasoning reward reads them (`jaxbiqa.data.human_text.human_text`: a field

@@ -87,8 +87,9 @@ class Evaluator:
     def prepare(self, model, batch: Mapping[str, np.ndarray]) -> PromptBatch:
         """The pass-1 prompt batch of a data batch (`data.pipeline.Pass1Preprocess` entries stacked)."""
         pixels = np.asarray(batch["pixel_values"])
+        grids = np.asarray(batch["image_grid_thw"]).reshape(-1, 3)
         return self.rollout.prepare(model, batch["input_ids"], batch["attention_mask"],
-                                    pixels.reshape(-1, pixels.shape[-1]), np.asarray(batch["image_grid_thw"]).reshape(-1, 3))
+                                    pixels.reshape(-1, pixels.shape[-1]), grids)
 
     def __call__(self, model, prompts: PromptBatch, key: jax.Array) -> BatchOutput:
         result = self.rollout(model, prompts, key)

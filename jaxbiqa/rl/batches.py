@@ -4,7 +4,7 @@ Both stages feed `rl.step.TrainStep` batches in its layout (`pack_batch`: left-p
 right-padded completion, `completion_mask`), with fixed shapes so each compiles once:
 * pass-1 rows (image prompts): the pass-1 prompt bucket, completions padded to
   `pass1.max_new_tokens`; the image as `pixel_values [rows, patches, patch_dim]` when the vision
-  tower trains (`vision_plan` of one micro-batch's images in `shared`), else as precomputed
+  tower trains (`vision_plan` of one micro-batch's images in `unsplit`), else as precomputed
   `image_features [rows, tokens, hidden]`;
 * pass-2 rows (text-only caption prompts), when trained: the same entries prefixed `pass2_`,
   their positions row-first (`pass2_positions [rows, 3, T]`, so micro-batches split them like

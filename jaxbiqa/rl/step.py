@@ -14,7 +14,7 @@ Batches are dicts of arrays with the rows on axis 0 (`positions [3, B, T]`: axis
 batch (see `grpo_loss`): `input_ids [B, T]` (prompt then completion), `attention_mask [B, T]`,
 `positions [3, B, T]`, `completion_mask [B, C]` (the last C tokens are the completion),
 `advantages [B]`, optional `old_logps` / `ref_logps [B, C]`, optional `image_features [B, n, hidden]`
-or `pixel_values [B, p, patch_dim]` (with `vision_plan` of one micro-batch's images in `shared`).
+or `pixel_values [B, p, patch_dim]` (with `vision_plan` of one micro-batch's images in `unsplit`).
 `optim.micro_batch_size` counts rows of the global batch; on a mesh each micro-batch should still
 fill the data-parallel devices (micro_batch_size divisible by data x fsdp).
 """
@@ -218,20 +218,20 @@ class TrainStep:
     # -- update
 
     def __call__(self, state: TrainState, batch: Batch, key: jax.Array | None = None,
-                 shared: Batch | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+                 unsplit: Batch | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
         """One optimizer step on `batch` (micro-batched by `optim.micro_batch_size`); donates `state`'s
-        trainable parameters and optimizer state. `key` drives dropout (None: none); `shared` entries
+        trainable parameters and optimizer state. `key` drives dropout (None: none); `unsplit` entries
         (e.g. a `vision_plan`) go unsplit to every micro-batch."""
         batch = self._place(batch)
         micro = _micro_count(batch, self.optim.micro_batch_size)
         with self._mesh_context():
             (params, opt_state, step, skipped), metrics = self._update(
-                self._mutable(state), state.frozen, batch, dict(shared or {}), key, micro=micro)
+                self._mutable(state), state.frozen, batch, dict(unsplit or {}), key, micro=micro)
         return TrainState(params, state.frozen, opt_state, step, skipped), metrics
 
-    def _update_fn(self, mutable, frozen, batch, shared, key, micro):
+    def _update_fn(self, mutable, frozen, batch, unsplit, key, micro):
         params, opt_state, step, skipped = mutable
-        grads, total, denominator, metric_sums = self._accumulate(params, frozen, batch, shared, key, micro)
+        grads, total, denominator, metric_sums = self._accumulate(params, frozen, batch, unsplit, key, micro)
         scale = jnp.where(denominator > 0, 1.0 / jnp.maximum(denominator, 1e-12), 0.0)
         grads = jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads, params)
         loss = total * scale
@@ -248,11 +248,11 @@ class TrainStep:
                    **{name: finish(pair) for name, pair in metric_sums.items()}}
         return (new_params, new_opt_state, step + 1, skipped), metrics
 
-    def _accumulate(self, params, frozen, batch, shared, key, micro):
+    def _accumulate(self, params, frozen, batch, unsplit, key, micro):
         """Sum over micro-batches of (grad of loss sum, loss sum, denominator, metric (sum, count) pairs)."""
 
         def loss_of(p, micro_batch, k):
-            terms = self.loss_fn(nnx.merge(self.graphdef, p, frozen), {**micro_batch, **shared}, k)
+            terms = self.loss_fn(nnx.merge(self.graphdef, p, frozen), {**micro_batch, **unsplit}, k)
             return terms.total, (terms.denominator, terms.metrics)
 
         grad_fn = jax.value_and_grad(loss_of, has_aux=True)
@@ -285,7 +285,7 @@ class TrainStep:
         adapters, rest = state.params.split(nnx.LoRAParam, ...)
         return nnx.merge_state(jax.tree.map(jnp.zeros_like, adapters), jax.tree.map(jnp.copy, rest))
 
-    def logprobs(self, params: nnx.State, frozen: nnx.State, batch: Batch, shared: Batch | None = None,
+    def logprobs(self, params: nnx.State, frozen: nnx.State, batch: Batch, unsplit: Batch | None = None,
                  micro_batch_size: int | None = None) -> jax.Array:
         """float32 `[B, C]` log-probs of the completion tokens of a GRPO-shaped batch under
         (`params`, `frozen`), in micro-batches (default `optim.micro_batch_size`), no dropout."""
@@ -293,14 +293,14 @@ class TrainStep:
         batch = self._place(batch)
         micro = _micro_count(batch, size)
         with self._mesh_context():
-            return self._logprobs(params, frozen, batch, dict(shared or {}), micro=micro)
+            return self._logprobs(params, frozen, batch, dict(unsplit or {}), micro=micro)
 
-    def _logprobs_fn(self, params, frozen, batch, shared, *, micro):
+    def _logprobs_fn(self, params, frozen, batch, unsplit, *, micro):
         # the state rides in the scan's carry: merged from closed-over arrays instead, a model with
         # scanned layers (nnx.scan) would see variables of another trace level and refuse them
         def one(state, micro_batch):
             model = nnx.merge(self.graphdef, *state)
-            return state, completion_logprobs(model, {**micro_batch, **shared}, chunk_size=self.logprob_chunk_size)
+            return state, completion_logprobs(model, {**micro_batch, **unsplit}, chunk_size=self.logprob_chunk_size)
 
         _, out = jax.lax.scan(one, (params, frozen), split_micro_batches(batch, micro))
         return constrain(merge_micro_batches(out), ("batch", None))

@@ -183,7 +183,7 @@ class Trainer:
         if not self.eos_ids:
             raise ValueError("rollout.pass1.eos_token_ids is empty: the warm start needs an end-of-turn token")
         self.key = jax.random.key(config.seed)
-        self._images: dict[tuple[tuple[int, ...], int], Any] = {}  # (grid, images) -> vision plan
+        self._vision_plans: dict[tuple[tuple[int, ...], int], Any] = {}  # (grid, images) -> vision plan
 
     @classmethod
     def from_runtime(cls, config: Config, *, train: TrainSection | None = None) -> "Trainer":
@@ -238,12 +238,12 @@ class Trainer:
             return dict(batch)
         return distributed.shard_batch(batch, self.mesh, ROW_AXIS, self.rules)
 
-    def _plan(self, grid: np.ndarray, images: int):
+    def _vision_plan(self, grid: np.ndarray, images: int):
         """The vision plan of `images` images of one grid (the micro-batch's share), cached per (grid, images)."""
         key = (tuple(int(v) for v in grid), images)
-        if key not in self._images:
-            self._images[key] = vision_plan(np.repeat(grid[None], images, 0), self._model_config.vision)
-        return self._images[key]
+        if key not in self._vision_plans:
+            self._vision_plans[key] = vision_plan(np.repeat(grid[None], images, 0), self._model_config.vision)
+        return self._vision_plans[key]
 
     def _micro_rows(self, rows: int, optim) -> int:
         return optim.micro_batch_size if optim.micro_batch_size and optim.micro_batch_size < rows else rows
@@ -342,8 +342,8 @@ class Trainer:
             cut += cut2
         grid = batches.same_image_grid(data["image_grid_thw"])
         rows = len(records)
-        shared = {"vision_plan": self._plan(grid, self._micro_rows(rows, self.config.sft.optim))}
-        return batch, shared, cut
+        unsplit = {"vision_plan": self._vision_plan(grid, self._micro_rows(rows, self.config.sft.optim))}
+        return batch, unsplit, cut
 
     def _sft_stage(self, model, checkpointer: Checkpointer, logger: MetricsLogger, guard: PreemptionGuard,
                    start: int) -> tuple[nnx.Module, int]:
@@ -368,9 +368,9 @@ class Trainer:
         while step < section.steps:
             step += 1
             data = self._next_batch(iterator)  # the warm start's data repeats: it does not end
-            batch, shared, cut = self._sft_batch(model, data)
+            batch, unsplit, cut = self._sft_batch(model, data)
             key = jax.random.fold_in(self.key, step)
-            state, metrics = step_fn(state, self._device_batch(batch), self._dropout_key(key), shared)
+            state, metrics = step_fn(state, self._device_batch(batch), self._dropout_key(key), unsplit)
             metrics = distributed.fetch(metrics)
             now = time.perf_counter()
             tokens = int(np.sum(batch["attention_mask"])) + int(np.sum(batch.get("pass2_attention_mask", 0)))
@@ -535,42 +535,42 @@ class Trainer:
             placeholder_ids=(vision.image_token_id, vision.video_token_id), pad_id=config.rollout.pass1.pad_token_id)
         grid = batches.same_image_grid(data["image_grid_thw"])
         micro = self._micro_rows(rows, config.optim)
-        shared = {}
+        unsplit = {}
         if config.optim.freeze_vision:  # the tower's features once per image, not per sample
-            features = self._image_features(step_fn, state, data, self._plan(grid, len(records)))
+            features = self._image_features(step_fn, state, data, self._vision_plan(grid, len(records)))
             batch["image_features"] = jnp.repeat(features, group, axis=0)
         else:
             pixels = np.asarray(data["pixel_values"])
             batch["pixel_values"] = np.repeat(pixels, group, axis=0)
-            shared["vision_plan"] = self._plan(grid, micro)
+            unsplit["vision_plan"] = self._vision_plan(grid, micro)
         update_tokens = int(np.sum(batch["attention_mask"]))
         batch = self._device_batch(batch)
-        part2 = part2_device = None
+        pass2_rows = pass2_on_device = None
         if self.train.train_pass2:  # host arrays (add_pass2 reorders them), and their device copy
-            part2 = batches.grpo_pass2(result.pass2_input_ids, result.pass2_attention_mask, result.pass2.tokens,
+            pass2_rows = batches.grpo_pass2(result.pass2_input_ids, result.pass2_attention_mask, result.pass2.tokens,
                                        result.pass2.lengths, result.has_caption, self.eos_ids)
-            part2_device = self._device_batch(part2)
+            pass2_on_device = self._device_batch(pass2_rows)
         if reference is not None:  # dispatched before waiting for the rewards: overlaps with the host work
-            batch["ref_logps"] = step_fn.logprobs(reference, state.frozen, batch, shared)
-            if part2 is not None:
-                part2["ref_logps"] = step_fn.logprobs(reference, state.frozen, part2_device)
+            batch["ref_logps"] = step_fn.logprobs(reference, state.frozen, batch, unsplit)
+            if pass2_rows is not None:
+                pass2_rows["ref_logps"] = step_fn.logprobs(reference, state.frozen, pass2_on_device)
         if grpo.num_iterations > 1:
-            batch["old_logps"] = step_fn.logprobs(state.params, state.frozen, batch, shared)
-            if part2 is not None:
-                part2["old_logps"] = step_fn.logprobs(state.params, state.frozen, part2_device)
+            batch["old_logps"] = step_fn.logprobs(state.params, state.frozen, batch, unsplit)
+            if pass2_rows is not None:
+                pass2_rows["old_logps"] = step_fn.logprobs(state.params, state.frozen, pass2_on_device)
 
         total, components = rewards_future.result()
         reward_time = time.perf_counter() - t1
         advantages = np.asarray(group_advantages(total, group, grpo.advantage, grpo.advantage_epsilon))
         batch["advantages"] = advantages
-        if part2 is not None:
-            part2["advantages"] = advantages
-            batch = batches.add_pass2(batch, part2)
+        if pass2_rows is not None:
+            pass2_rows["advantages"] = advantages
+            batch = batches.add_pass2(batch, pass2_rows)
         batch = self._device_batch(batch)
         metrics = None
         for iteration in range(grpo.num_iterations):
             state, metrics = step_fn(state, batch, self._dropout_key(jax.random.fold_in(update_key, iteration)),
-                                     shared)
+                                     unsplit)
 
         ratings1 = parse_ratings(result.pass1_texts)
         lengths1 = np.asarray(result.pass1.lengths)

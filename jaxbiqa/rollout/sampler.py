@@ -79,7 +79,8 @@ def repeat_rows(prefilled: Prefilled, times: int) -> Prefilled:
     """Each row repeated `times` times in place (rows b * times + g): the group-sampling expansion."""
     if times == 1:
         return prefilled
-    return Prefilled(repeat_cache(prefilled.cache, times), constrain(jnp.repeat(prefilled.logits, times, axis=0), ("batch", "vocab")),
+    logits = constrain(jnp.repeat(prefilled.logits, times, axis=0), ("batch", "vocab"))
+    return Prefilled(repeat_cache(prefilled.cache, times), logits,
                      jnp.repeat(prefilled.next_position, times, axis=0))
 
 

@@ -265,5 +265,5 @@ def test_image_inputs_follow_their_rows_through_micro_batches(full_step, model):
                                                              micro_batch_size=2)), expected, atol=1e-5)
     with_pixels = {**batch, "pixel_values": pixels.reshape(rows, 16, -1)}
     plan = vision_plan(grids[:2], config.vision)  # the images of one micro-batch
-    got = full_step.logprobs(state.params, state.frozen, with_pixels, shared={"vision_plan": plan}, micro_batch_size=2)
+    got = full_step.logprobs(state.params, state.frozen, with_pixels, unsplit={"vision_plan": plan}, micro_batch_size=2)
     np.testing.assert_allclose(np.asarray(got), expected, atol=1e-5)

@@ -39,6 +39,7 @@ def host_rollout(rollout: Rollout, model, prompts, key: jax.Array, width: int):
     texts = completion_texts(first, rollout.decode)
     rows, has_caption = caption_prompts(texts, rollout.render, rollout.encode, rollout.splits[0], rollout.max_caption)
     ids, mask = pad_rows(rows, rollout.config.pass2.pad_token_id, width)
-    text_only = prepare_prompts(model.config, ids, mask, buckets=(width,), pad_token_id=rollout.config.pass2.pad_token_id)
+    pad = rollout.config.pass2.pad_token_id
+    text_only = prepare_prompts(model.config, ids, mask, buckets=(width,), pad_token_id=pad)
     second = rollout.pass2(model, text_only, key2)
     return first, texts, has_caption, np.asarray(text_only.input_ids), np.asarray(text_only.attention_mask), second

@@ -20,7 +20,8 @@ def test_sampling_config_rejects_bad_values(field, value):
 
 def test_rollout_config_takes_config_overrides():
     config = RolloutSection()
-    for assignment in ("pass1.top_k=50", "pass1.prompt_buckets=256,512", "caption_until=answer", "max_caption_tokens=9"):
+    assignments = ("pass1.top_k=50", "pass1.prompt_buckets=256,512", "caption_until=answer", "max_caption_tokens=9")
+    for assignment in assignments:
         config = apply_override(config, assignment)
     assert config.pass1.top_k == 50 and config.pass1.prompt_buckets == (256, 512)
     assert config.pass1.num_samples == 4 and config.pass1.stop_strings == ("</answer>",)
