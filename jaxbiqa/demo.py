@@ -77,14 +77,14 @@ def prepare_data(config) -> list[str]:
 
 def train(config, progress: bool = True) -> dict[str, Any]:
     """Run (or resume, or skip when finished) the recipe's training; returns the run's summary."""
-    from jaxbiqa.rl.trainer import SUMMARY_FILE, Trainer, train_section
+    from jaxbiqa.rl.trainer import SUMMARY_FILE, Trainer
 
     summary = Path(config.output_dir) / SUMMARY_FILE
     if summary.is_file():
         print(f"training already finished ({summary}): skipped", file=sys.stderr)
         return json.loads(summary.read_text())
     # the demo evaluates the restored checkpoint itself, so the trainer's final evaluation is left out
-    section = dataclasses.replace(train_section(config), eval_at_end=False, progress=progress)
+    section = dataclasses.replace(config.train, eval_at_end=False, progress=progress)
     result = Trainer.from_runtime(config, train=section).run(resume=True)
     if result.preempted:
         raise KeyboardInterrupt(f"training stopped at step {result.step}; run `jaxbiqa demo` again to resume")

@@ -13,6 +13,7 @@ process writes logs and reports.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -282,6 +283,22 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh, row_axes: Mapping[str, int
         place = sharding.sharding_for(value.shape, batch_names(value.ndim, row_axes.get(key, 0)), mesh, rules)
         out[key] = jax.make_array_from_callback(value.shape, place, lambda index, v=value: v[index])
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a run's device work goes: a mesh (None: one device) and its logical-axis rules."""
+
+    mesh: Mesh | None = None
+    rules: sharding.LogicalRules = sharding.DEFAULT_RULES
+
+    def global_batch(self, batch: Mapping[str, Any], row_axes: Mapping[str, int] | None = None) -> dict[str, Any]:
+        """A batch every process holds in full -> global arrays on the mesh (`shard_batch`); as is without one."""
+        return dict(batch) if self.mesh is None else shard_batch(batch, self.mesh, row_axes, self.rules)
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        """The mesh as the context of the computations inside (nothing without one)."""
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
 
 
 # ---------------------------------------------------------------- host values across processes

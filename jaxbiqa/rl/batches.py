@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbiqa.models.qwen2_5_vl import vision_plan
 from jaxbiqa.processing import pad_rows
 from jaxbiqa.rl.losses import LossTerms
 from jaxbiqa.rl.step import LossFn, pack_batch
@@ -76,6 +77,32 @@ def same_image_grid(image_grid_thw: np.ndarray) -> np.ndarray:
         raise ValueError(f"the images of a batch differ in size (image_grid_thw {np.unique(grid, axis=0).tolist()}); "
                          "the trainer needs batches of one image size (data.pipeline.BatchPlan plans them)")
     return grid[0]
+
+
+def record_rows(batch: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The per-record fields (1-D entries) of a collated data batch, one dict per record."""
+    fields = {k: v for k, v in batch.items() if np.ndim(v) == 1}
+    rows = len(next(iter(fields.values())))
+    return [{k: v[i] for k, v in fields.items()} for i in range(rows)]
+
+
+class VisionPlans:
+    """Vision plans of `images` images of one grid (a micro-batch's share), cached per (grid, images)."""
+
+    def __init__(self, vision_config):
+        self.vision_config = vision_config
+        self._plans: dict[tuple[tuple[int, ...], int], Any] = {}
+
+    def __call__(self, grid: np.ndarray, images: int):
+        key = (tuple(int(v) for v in grid), images)
+        if key not in self._plans:
+            self._plans[key] = vision_plan(np.repeat(grid[None], images, 0), self.vision_config)
+        return self._plans[key]
+
+
+def micro_rows(rows: int, optim) -> int:
+    """Rows per accumulation step of an update of `rows` rows under `optim.micro_batch_size`."""
+    return optim.micro_batch_size if optim.micro_batch_size and optim.micro_batch_size < rows else rows
 
 
 def prompt_batch(prepare: Callable[..., PromptBatch], data: Mapping[str, np.ndarray]) -> PromptBatch:

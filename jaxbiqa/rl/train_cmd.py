@@ -45,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from jaxbiqa.rl.trainer import Trainer, train_section
+    from jaxbiqa.rl.trainer import Trainer
 
-    train = train_section(config)
+    train = config.train
     if args.quiet:
         import dataclasses
 

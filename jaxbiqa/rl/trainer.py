@@ -1,19 +1,12 @@
 """The training loop: supervised warm start, then the method's two-pass GRPO (method.md sections 4-5).
 
-Stage 1, warm start (`sft.steps` > 0): cross-entropy on reference completions written from each
-record (`jaxbiqa.rl.references`), the prompt masked; with `train.sft_pass2` the same step also
-trains pass 2 (the caption-only prompt -> the reference's think + answer). Trains what
-`sft.optim.freeze_vision` / LoRA leave trainable, with `sft.optim`.
-
-Stage 2, GRPO, one rollout per step:
-1. a batch of B pass-1 prompts (image + question) from the data pipeline;
-2. the rollout (`jaxbiqa.rollout.Rollout`, one compiled program): G samples per prompt, then pass 2
-   from each sample's caption alone;
-3. rewards on the host from the decoded texts (`config.rewards`; self-consistency reads the pass-2
-   texts), computed in a worker thread while the main thread packs the update batch and dispatches
-   the reference / old log-probs to the device;
-4. group advantages (`grpo.advantage`), the update (`rl.step.TrainStep`, `num_iterations` times,
-   old log-probs stored before the first when > 1), pass-2 tokens included with `train.train_pass2`.
+One stage-agnostic loop (`Trainer._run_stage`: data, step, logs, samples, checkpoint cadence,
+pre-emption) runs both stages, each given as a `Stage` with its step function:
+* warm start (`sft.steps` > 0): `jaxbiqa.sft.warm_start.WarmStartStep`, cross-entropy on reference
+  completions (pass 2 too with `train.sft_pass2`), training what `sft.optim.freeze_vision` / LoRA
+  leave trainable, with `sft.optim`;
+* GRPO, one rollout per step: `jaxbiqa.rl.grpo_step.GRPOStep` (rollout -> rewards -> advantages
+  -> reference -> update), with `optim`.
 The reference policy (beta > 0) is the policy as GRPO starts (after the warm start): LoRA adapters
 zeroed when training LoRA (no second copy of the base), else a copy of the trainable parameters.
 The GRPO checkpoints do not store it (a full copy of the trainable parameters each): a resumed run
@@ -59,7 +52,6 @@ run does: the same global batches, the same samples, the same rewards and update
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -67,7 +59,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,17 +73,18 @@ from jaxbiqa import distributed
 from jaxbiqa.checkpoint import Checkpointer, PreemptionGuard, restore_target
 from jaxbiqa.config import Config, TrainSection, check_master_weights, eval_settings, to_dict
 from jaxbiqa.data.pipeline import Pass1Preprocess, batches_per_epoch, make_pipeline, per_shard, shard_options
+from jaxbiqa.distributed import Placement
 from jaxbiqa.eval.evaluate import METRICS_FILE, PREDICTIONS_FILE, evaluate
 from jaxbiqa.models.build import abstract_policy, build_policy, build_processor, has_weights, resolve_model_path
-from jaxbiqa.models.qwen2_5_vl import save_pretrained, trainable_filter, vision_plan
-from jaxbiqa.rewards import build_reward, parse_ratings, reward_specs, split_caption
+from jaxbiqa.models.qwen2_5_vl import save_pretrained, trainable_filter
+from jaxbiqa.rewards import build_reward, reward_specs
 from jaxbiqa.rl import batches
-from jaxbiqa.rl.losses import group_advantages
+from jaxbiqa.rl.grpo_step import GRPOStep, dropout_key
 from jaxbiqa.rl.metrics_log import MetricsLogger
-from jaxbiqa.rl.references import reference_completion
-from jaxbiqa.rl.step import ROW_AXIS, TrainState, TrainStep, grpo_loss
-from jaxbiqa.rollout import Rollout, sampler
+from jaxbiqa.rl.step import TrainState, TrainStep, grpo_loss
+from jaxbiqa.rollout import Rollout
 from jaxbiqa.sft.loss import sft_loss
+from jaxbiqa.sft.warm_start import WarmStartStep
 from jaxbiqa.sharding import DEFAULT_RULES, LogicalRules
 
 log = logging.getLogger("jaxbiqa.train")
@@ -112,31 +105,20 @@ class TrainResult:
     policy_dir: str | None = None
 
 
-def train_section(config: Config) -> TrainSection:
-    """The config's `train` section (defaults when the config has none)."""
-    return getattr(config, "train", None) or TrainSection()
+@dataclasses.dataclass
+class Stage:
+    """A training stage as the loop runs it. Steps count both stages: the stage's steps are
+    `begin + 1 .. end`; this run of it starts after step `start`."""
 
-
-def _records(batch: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
-    """The per-record fields (1-D entries) of a collated data batch, one dict per record."""
-    fields = {k: v for k, v in batch.items() if np.ndim(v) == 1}
-    rows = len(next(iter(fields.values())))
-    return [{k: v[i] for k, v in fields.items()} for i in range(rows)]
-
-
-def _stats(prefix: str, values: np.ndarray) -> dict[str, float]:
-    values = np.asarray(values, np.float64)
-    return {f"{prefix}_mean": float(values.mean()), f"{prefix}_std": float(values.std()),
-            f"{prefix}_min": float(values.min()), f"{prefix}_max": float(values.max())}
-
-
-def _cache_size(fn) -> int:
-    return fn._cache_size() if hasattr(fn, "_cache_size") else 0
-
-
-def rollout_compile_count() -> int:
-    """Compiled programs of the rollout engine (the two-pass program, the sampler's prefill and decode)."""
-    return Rollout.compile_count() + sum(_cache_size(f) for f in (sampler._prefill_program, sampler._decode_program))
+    name: str                       # "sft" / "grpo": the log's stage
+    step: Callable[..., tuple]      # (state, data, step, key) -> (state, record, samples or None)
+    iterator: Iterator              # the stage's data pipeline
+    begin: int
+    start: int
+    end: int
+    saved: Callable[[Any], Any]     # train state -> what a checkpoint holds
+    tokens_metric: str              # the record's name of the update's tokens per second
+    progress: Callable[[dict], dict]  # record -> the progress bar's figures
 
 
 class Trainer:
@@ -150,9 +132,8 @@ class Trainer:
                  rules: LogicalRules = DEFAULT_RULES):
         check_master_weights(config)
         self.config = config
-        self.train = train or train_section(config)
-        self.mesh = mesh
-        self.rules = rules
+        self.train = train or config.train
+        self.placement = Placement(mesh, rules)
         self.output_dir = Path(config.output_dir)
         self.main_process = jax.process_index() == 0
         if jax.process_count() > 1:
@@ -183,7 +164,6 @@ class Trainer:
         if not self.eos_ids:
             raise ValueError("rollout.pass1.eos_token_ids is empty: the warm start needs an end-of-turn token")
         self.key = jax.random.key(config.seed)
-        self._vision_plans: dict[tuple[tuple[int, ...], int], Any] = {}  # (grid, images) -> vision plan
 
     @classmethod
     def from_runtime(cls, config: Config, *, train: TrainSection | None = None) -> "Trainer":
@@ -231,32 +211,13 @@ class Trainer:
             local = None
         return distributed.gather_rows(local)
 
-    def _device_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """An update batch held in full by every process -> global arrays on the mesh (unchanged
-        without one)."""
-        if self.mesh is None:
-            return dict(batch)
-        return distributed.shard_batch(batch, self.mesh, ROW_AXIS, self.rules)
-
-    def _vision_plan(self, grid: np.ndarray, images: int):
-        """The vision plan of `images` images of one grid (the micro-batch's share), cached per (grid, images)."""
-        key = (tuple(int(v) for v in grid), images)
-        if key not in self._vision_plans:
-            self._vision_plans[key] = vision_plan(np.repeat(grid[None], images, 0), self._model_config.vision)
-        return self._vision_plans[key]
-
-    def _micro_rows(self, rows: int, optim) -> int:
-        return optim.micro_batch_size if optim.micro_batch_size and optim.micro_batch_size < rows else rows
-
     def _trainable(self, optim):
         return trainable_filter(lora=self.config.model.lora_rank > 0, freeze_vision=optim.freeze_vision)
 
-    def _dropout_key(self, key: jax.Array) -> jax.Array | None:
-        model = self.config.model
-        return key if model.lora_rank > 0 and model.lora_dropout > 0 else None
-
-    def _mesh(self):
-        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+    def _update(self, model, loss, optim, updates: int) -> TrainStep:
+        return TrainStep(model, loss, optim, max(updates, 1), trainable=self._trainable(optim),
+                         mesh=self.placement.mesh, rules=self.placement.rules,
+                         logprob_chunk_size=self.config.grpo.logprob_chunk_size)
 
     # ------------------------------------------------------------------ run
 
@@ -278,18 +239,19 @@ class Trainer:
             with PreemptionGuard() as guard:
                 # resuming: the structure is enough, the checkpoint has the values
                 model = (abstract_policy(config.model, seed=config.seed) if start
-                         else build_policy(config.model, seed=config.seed, mesh=self.mesh, rules=self.rules))
-                self._model_config = model.config
+                         else build_policy(config.model, seed=config.seed, mesh=self.placement.mesh,
+                                           rules=self.placement.rules))
+                self.plans = batches.VisionPlans(model.config.vision)
                 self.rollout = Rollout.from_processor(config.rollout, self.processor, model.config.text.vocab_size)
                 if sft_steps and start <= sft_steps:
-                    model, stopped = self._sft_stage(model, checkpointer, logger, guard, start)
-                    result.step = max(start, sft_steps) if not stopped else stopped
+                    model, step, stopped = self._warm_start(model, checkpointer, logger, guard, start)
+                    result.step = step
                     if stopped:
                         result.preempted = True
                         return result
                     if train.eval_after_sft:
                         result.eval["sft"] = self._evaluate(model, logger, sft_steps, "sft")
-                model, stopped, step = self._grpo_stage(model, checkpointer, logger, guard, start)
+                model, step, stopped = self._grpo(model, checkpointer, logger, guard, start)
                 result.step = step
                 if stopped:
                     result.preempted = True
@@ -315,150 +277,121 @@ class Trainer:
         if self.main_process:
             path.write_text(json.dumps(current, indent=2) + "\n")
 
+    def _run_stage(self, stage: Stage, state: TrainState, checkpointer: Checkpointer, logger: MetricsLogger,
+                   guard: PreemptionGuard) -> tuple[TrainState, int, bool]:
+        """Steps `stage.start + 1 .. stage.end` (fewer when the data ends): each step's record and
+        samples logged, checkpoints every `save_interval_steps`, at the stage's end and on SIGTERM.
+        Returns the state, the last step done and whether SIGTERM stopped it. Step k draws with
+        `fold_in(key, k)`, so a resumed run draws what the uninterrupted one would have."""
+        config, train = self.config, self.train
+        step, last = stage.start, time.perf_counter()
+
+        def save() -> None:
+            checkpointer.save(step, stage.saved(state), key=self.key, data_iterator=stage.iterator, config=config,
+                              force=True)
+
+        while step < stage.end:
+            data = self._next_batch(stage.iterator)
+            if data is None:
+                log.info("the %s data ended after step %d", stage.name, step)
+                break
+            step += 1
+            state, record, samples = stage.step(state, data, step, jax.random.fold_in(self.key, step))
+            now = time.perf_counter()
+            record["step_time"] = now - last
+            record[stage.tokens_metric] = record.pop("_tokens") / max(now - last, 1e-9)
+            last = now
+            if step % train.log_every == 0 or step == stage.end:
+                logger.write(step, stage.name, record)
+            done = step - stage.begin
+            if samples and train.samples_every and (done == 1 or done % train.samples_every == 0):
+                logger.samples(step, stage.name, samples)
+            logger.advance(1, **stage.progress(record))
+            stop = guard.should_stop()
+            if step % config.checkpoint.save_interval_steps == 0 or step == stage.end or stop:
+                save()
+            if stop:
+                checkpointer.wait()
+                log.warning("SIGTERM: saved step %d; resume with --resume", step)
+                return state, step, True
+        if step > stage.start and step not in checkpointer.all_steps():
+            save()
+        return state, step, False
+
     # ------------------------------------------------------------------ stage 1: warm start
 
-    def _sft_batch(self, model, data: Mapping[str, np.ndarray]) -> tuple[dict, dict, int]:
-        rollout = self.rollout
-        prompts = batches.prompt_batch(lambda *a: rollout.prepare(model, *a), data)
-        records = _records(data)
-        completions = [reference_completion(r) for r in records]
-        ids, valid, cut = batches.encode_completions(completions, self._encode, self.eos_ids[0],
-                                                     rollout.config.pass1.max_new_tokens)
-        batch = batches.sft_pass1(prompts, ids, valid, self.eos_ids, data["pixel_values"])
-        if self.sft_pass2:
-            until = rollout.config.caption_until
-            captions = [split_caption(c, until=until) or "" for c in completions]
-            # a caption the rollout could not take (longer than max_caption) is not taught either
-            captions = [c if len(self._encode(c)) <= rollout.max_caption else "" for c in captions]
-            prompts2 = [self._encode(self.processor.pass2_text(c)) for c in captions]
-            targets = [c[len(cap):] for c, cap in zip(completions, captions)]
-            ids2, valid2, cut2 = batches.encode_completions(targets, self._encode, self.eos_ids[0],
-                                                            rollout.config.pass2.max_new_tokens)
-            valid2 *= np.asarray([bool(c) for c in captions], np.int32)[:, None]
-            part = batches.text_rows(model.config, prompts2, ids2, valid2, self.eos_ids, rollout.pass2_width,
-                                     rollout.config.pass2.pad_token_id)
-            cut += sum(not c for c in captions)
-            batch = batches.add_pass2(batch, part)
-            cut += cut2
-        grid = batches.same_image_grid(data["image_grid_thw"])
-        rows = len(records)
-        unsplit = {"vision_plan": self._vision_plan(grid, self._micro_rows(rows, self.config.sft.optim))}
-        return batch, unsplit, cut
-
-    def _sft_stage(self, model, checkpointer: Checkpointer, logger: MetricsLogger, guard: PreemptionGuard,
-                   start: int) -> tuple[nnx.Module, int]:
-        """Warm-start steps start+1..S; returns the model and the step it stopped at on SIGTERM (0: done)."""
-        config = self.config
-        section = config.sft
-        loss = sft_loss(config.grpo.logprob_chunk_size)
-        step_fn = TrainStep(model, batches.two_pass_loss(loss) if self.sft_pass2 else loss, section.optim,
-                            max(section.steps, 1), trainable=self._trainable(section.optim), mesh=self.mesh,
-                            rules=self.rules, logprob_chunk_size=config.grpo.logprob_chunk_size)
-        batch_size = self.train.sft_batch_size or config.data.global_batch_size
-        iterator = self._pipeline(batch_size, None)
+    def _warm_start(self, model, checkpointer: Checkpointer, logger: MetricsLogger, guard: PreemptionGuard,
+                    start: int) -> tuple[nnx.Module, int, bool]:
+        """Warm-start steps start+1..S; returns the model, the last step and whether SIGTERM stopped it."""
+        section = self.config.sft
+        loss = sft_loss(self.config.grpo.logprob_chunk_size)
+        update = self._update(model, batches.two_pass_loss(loss) if self.sft_pass2 else loss, section.optim,
+                              section.steps)
+        # the warm start's data repeats: it does not end
+        iterator = self._pipeline(self.train.sft_batch_size or self.config.data.global_batch_size, None)
         if start:
-            restored = checkpointer.restore(restore_target(step_fn.abstract_state(model)), step=start,
+            restored = checkpointer.restore(restore_target(update.abstract_state(model)), step=start,
                                             data_iterator=iterator)
             state, self.key = restored.state, restored.key
             log.info("resumed the warm start at step %d", start)
         else:
-            state = step_fn.init(model)
-        step = start
-        last = time.perf_counter()
-        while step < section.steps:
-            step += 1
-            data = self._next_batch(iterator)  # the warm start's data repeats: it does not end
-            batch, unsplit, cut = self._sft_batch(model, data)
-            key = jax.random.fold_in(self.key, step)
-            state, metrics = step_fn(state, self._device_batch(batch), self._dropout_key(key), unsplit)
-            metrics = distributed.fetch(metrics)
-            now = time.perf_counter()
-            tokens = int(np.sum(batch["attention_mask"])) + int(np.sum(batch.get("pass2_attention_mask", 0)))
-            record = {**{k: float(v) for k, v in metrics.items()}, "completions_cut": cut,
-                      "step_time": now - last, "tokens_per_second": tokens / max(now - last, 1e-9),
-                      "compile_count/update": step_fn.compile_count}
-            last = now
-            if step % self.train.log_every == 0 or step == section.steps:
-                logger.write(step, "sft", record)
-            logger.advance(1, loss=record["loss"])
-            stop = guard.should_stop()
-            if step % config.checkpoint.save_interval_steps == 0 or step == section.steps or stop:
-                checkpointer.save(step, state, key=self.key, data_iterator=iterator, config=config, force=True)
-            if stop:
-                checkpointer.wait()
-                log.warning("SIGTERM: saved step %d; resume with --resume", step)
-                return step_fn.model(state), step
-        return step_fn.model(state), 0
+            state = update.init(model)
+        warm_start = WarmStartStep(self.config, rollout=self.rollout, update=update, placement=self.placement,
+                                   plans=self.plans, encode=self._encode, render=self.processor.pass2_text,
+                                   eos_ids=self.eos_ids, pass2=self.sft_pass2,
+                                   dropout_key=functools.partial(dropout_key, self.config))
+
+        def step(state, data, index, key):
+            return (*warm_start(state, data, key), None)
+
+        stage = Stage("sft", step, iterator, begin=0, start=start, end=section.steps, saved=lambda state: state,
+                      tokens_metric="tokens_per_second", progress=lambda record: {"loss": record["loss"]})
+        state, step, stopped = self._run_stage(stage, state, checkpointer, logger, guard)
+        return update.model(state), step, stopped
 
     # ------------------------------------------------------------------ stage 2: GRPO
 
-    def _grpo_step_fn(self, model) -> TrainStep:
+    def _grpo_update(self, model) -> TrainStep:
         config = self.config
         loss = grpo_loss(config.grpo)
         if self.train.train_pass2:
             loss = batches.two_pass_loss(loss)
-        updates = max(self.grpo_steps * config.grpo.num_iterations, 1)
-        return TrainStep(model, loss, config.optim, updates, trainable=self._trainable(config.optim), mesh=self.mesh,
-                         rules=self.rules, logprob_chunk_size=config.grpo.logprob_chunk_size)
+        return self._update(model, loss, config.optim, self.grpo_steps * config.grpo.num_iterations)
 
-    def _grpo_stage(self, model, checkpointer: Checkpointer, logger: MetricsLogger, guard: PreemptionGuard,
-                    start: int) -> tuple[nnx.Module, int, int]:
-        """GRPO rollouts after the warm start; returns (model, step stopped at on SIGTERM or 0, last step)."""
-        config, train = self.config, self.train
-        sft_steps, grpo = config.sft.steps, config.grpo
-        step_fn = self._grpo_step_fn(model)
+    def _grpo(self, model, checkpointer: Checkpointer, logger: MetricsLogger, guard: PreemptionGuard,
+              start: int) -> tuple[nnx.Module, int, bool]:
+        """GRPO rollouts after the warm start; returns the model, the last step and whether SIGTERM stopped it."""
+        config, sft_steps = self.config, self.config.sft.steps
+        update = self._grpo_update(model)
         iterator = self._pipeline(config.data.global_batch_size, config.data.num_epochs)
         resumed = start > sft_steps
         if resumed:
-            target = {"train": step_fn.abstract_state(model)}
-            restored = checkpointer.restore(restore_target(target), step=start, data_iterator=iterator)
+            restored = checkpointer.restore(restore_target({"train": update.abstract_state(model)}), step=start,
+                                            data_iterator=iterator)
             state, self.key = restored.state["train"], restored.key
             log.info("resumed GRPO at step %d", start)
         else:
-            state = step_fn.init(model)
-        reference = self._reference(step_fn, state, checkpointer, resumed) if grpo.beta > 0 else None
-        total = sft_steps + self.grpo_steps
-        step = max(start, sft_steps)
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewards")
+            state = update.init(model)
+        reference = self._reference(update, state, checkpointer, resumed) if config.grpo.beta > 0 else None
+        grpo_step = GRPOStep(config, rollout=self.rollout, reward_fn=self.reward_fn, update=update,
+                             reference=reference, placement=self.placement, plans=self.plans, eos_ids=self.eos_ids,
+                             train_pass2=self.train.train_pass2, samples_per_log=self.train.samples_per_log)
+        stage = Stage("grpo", grpo_step, iterator, begin=sft_steps, start=max(start, sft_steps),
+                      end=sft_steps + self.grpo_steps, saved=lambda state: {"train": state},
+                      tokens_metric="train_tokens_per_second",
+                      progress=lambda record: {"reward": record["reward/total_mean"], "kl": record.get("kl", 0.0)})
         try:
-            last = time.perf_counter()
-            while step < total:
-                data = self._next_batch(iterator)
-                if data is None:
-                    log.info("the train data ended after step %d", step)
-                    break
-                step += 1
-                state, record, samples = self._grpo_step(step_fn, state, reference, data, step, pool)
-                now = time.perf_counter()
-                record["step_time"] = now - last
-                record["train_tokens_per_second"] = record.pop("_update_tokens") / max(now - last, 1e-9)
-                last = now
-                if step % train.log_every == 0 or step == total:
-                    logger.write(step, "grpo", record)
-                done = step - sft_steps
-                if train.samples_every and (done == 1 or done % train.samples_every == 0):
-                    logger.samples(step, "grpo", samples)
-                logger.advance(1, reward=record["reward/total_mean"], kl=record.get("kl", 0.0))
-                stop = guard.should_stop()
-                if step % config.checkpoint.save_interval_steps == 0 or step == total or stop:
-                    checkpointer.save(step, {"train": state}, key=self.key, data_iterator=iterator, config=config,
-                                      force=True)
-                if stop:
-                    checkpointer.wait()
-                    log.warning("SIGTERM: saved step %d; resume with --resume", step)
-                    return step_fn.model(state), step, step
+            state, step, stopped = self._run_stage(stage, state, checkpointer, logger, guard)
         finally:
-            pool.shutdown(wait=True)
-        if step not in checkpointer.all_steps() and step > sft_steps:
-            checkpointer.save(step, {"train": state}, key=self.key, data_iterator=iterator, config=config, force=True)
-        return step_fn.model(state), 0, step
+            grpo_step.close()
+        return update.model(state), step, stopped
 
     def _reference_from_model_path(self) -> bool:
         """Whether GRPO starts from `model.path`'s weights as loaded (no warm start): then the
         reference's non-adapter parameters are reloaded from there on resume, not stored."""
         return self.config.sft.steps == 0 and has_weights(resolve_model_path(self.config.model.path))
 
-    def _reference(self, step_fn: TrainStep, state: TrainState, checkpointer: Checkpointer,
+    def _reference(self, update: TrainStep, state: TrainState, checkpointer: Checkpointer,
                    resumed: bool) -> nnx.State:
         """The reference policy's trainable-shaped parameters: the policy as GRPO starts (the
         frozen part is `state.frozen`). LoRA adapters are zeros; any other trainable parameters are
@@ -466,7 +399,7 @@ class Trainer:
         as `<checkpoints>/reference` unless `model.path` holds them), rebuilt from there on resume."""
         from_model = self._reference_from_model_path()
         if not resumed:
-            reference = step_fn.reference_params(state)
+            reference = update.reference_params(state)
             _, rest = reference.split(nnx.LoRAParam, ...)
             if jax.tree.leaves(rest) and not from_model:  # full fine-tuning, or a trainable vision tower
                 checkpointer.save_item(REFERENCE_ITEM, rest)
@@ -475,7 +408,7 @@ class Trainer:
         adapters, rest = state.params.split(nnx.LoRAParam, ...)
         if jax.tree.leaves(rest):
             if from_model:
-                rest = self._initial_params(step_fn, rest)
+                rest = self._initial_params(update, rest)
                 log.info("reloaded the reference policy from model.path")
             elif checkpointer.has_item(REFERENCE_ITEM):
                 rest = checkpointer.restore_item(REFERENCE_ITEM, restore_target(rest))
@@ -485,140 +418,18 @@ class Trainer:
                                         "grpo.beta > 0 needs the reference policy saved there as GRPO started")
         return nnx.merge_state(jax.tree.map(jnp.zeros_like, adapters), rest)
 
-    def _initial_params(self, step_fn: TrainStep, like: nnx.State) -> nnx.State:
+    def _initial_params(self, update: TrainStep, like: nnx.State) -> nnx.State:
         """The non-adapter trainable parameters of the policy as `build_policy` loads it, placed
         and structured like `like` (the same parameters of the train state)."""
-        model = build_policy(self.config.model, seed=self.config.seed, mesh=self.mesh, rules=self.rules)
-        _, params, _ = nnx.split(model, step_fn.trainable, ...)
+        model = build_policy(self.config.model, seed=self.config.seed, mesh=self.placement.mesh,
+                             rules=self.placement.rules)
+        _, params, _ = nnx.split(model, update.trainable, ...)
         _, loaded = params.split(nnx.LoRAParam, ...)
         source, target = (jax.tree_util.tree_flatten_with_path(tree)[0] for tree in (loaded, like))
         if [(path, x.shape, x.dtype) for path, x in source] != [(path, x.shape, x.dtype) for path, x in target]:
             raise ValueError(f"the weights of model.path {self.config.model.path!r} do not match the train state")
         leaves = [jax.device_put(x, y.sharding) for (_, x), (_, y) in zip(source, target)]
         return jax.tree.unflatten(jax.tree.structure(like), leaves)
-
-    def _image_features(self, step_fn: TrainStep, state: TrainState, data, plan) -> jax.Array:
-        """`[B, tokens, hidden]` vision features of the batch's images (frozen vision tower)."""
-        pixels = np.asarray(data["pixel_values"])
-        with self._mesh():
-            features = _features(step_fn.graphdef, state.params, state.frozen,
-                                 jnp.asarray(pixels.reshape(-1, pixels.shape[-1])), plan)
-        return features.reshape(pixels.shape[0], -1, features.shape[-1])
-
-    def _grpo_step(self, step_fn: TrainStep, state: TrainState, reference, data, step: int,
-                   pool: concurrent.futures.ThreadPoolExecutor) -> tuple[TrainState, dict, list]:
-        config, grpo = self.config, self.config.grpo
-        group = config.rollout.pass1.num_samples
-        key = jax.random.fold_in(self.key, step)
-        rollout_key, update_key = jax.random.split(key)
-        policy = step_fn.model(state)
-        prompts = batches.prompt_batch(lambda *a: self.rollout.prepare(policy, *a), data)
-        t0 = time.perf_counter()
-        with self._mesh():  # every row's result comes back to every process
-            result = self.rollout(policy, prompts, rollout_key)
-        rollout_time = time.perf_counter() - t0
-        records = _records(data)
-        rows = len(records) * group
-
-        # rewards in a worker thread, while this thread packs the update batch for the device
-        reward_batch = {k: np.repeat(v, group) for k, v in data.items() if np.ndim(v) == 1}
-        reward_batch["group"] = np.repeat(np.arange(len(records)) + step * len(records), group)
-        if result.pass2_texts is not None:
-            reward_batch["pass2_completions"] = [t if ok else "" for t, ok in
-                                                 zip(result.pass2_texts, result.has_caption)]
-        t1 = time.perf_counter()
-        rewards_future = pool.submit(self.reward_fn, result.pass1_texts, reward_batch)
-
-        vision = self._model_config
-        batch, placeholder_cuts = batches.grpo_pass1(
-            prompts, result.pass1.tokens, result.pass1.lengths, group, self.eos_ids,
-            placeholder_ids=(vision.image_token_id, vision.video_token_id), pad_id=config.rollout.pass1.pad_token_id)
-        grid = batches.same_image_grid(data["image_grid_thw"])
-        micro = self._micro_rows(rows, config.optim)
-        unsplit = {}
-        if config.optim.freeze_vision:  # the tower's features once per image, not per sample
-            features = self._image_features(step_fn, state, data, self._vision_plan(grid, len(records)))
-            batch["image_features"] = jnp.repeat(features, group, axis=0)
-        else:
-            pixels = np.asarray(data["pixel_values"])
-            batch["pixel_values"] = np.repeat(pixels, group, axis=0)
-            unsplit["vision_plan"] = self._vision_plan(grid, micro)
-        update_tokens = int(np.sum(batch["attention_mask"]))
-        batch = self._device_batch(batch)
-        pass2_rows = pass2_on_device = None
-        if self.train.train_pass2:  # host arrays (add_pass2 reorders them), and their device copy
-            pass2_rows = batches.grpo_pass2(result.pass2_input_ids, result.pass2_attention_mask, result.pass2.tokens,
-                                       result.pass2.lengths, result.has_caption, self.eos_ids)
-            pass2_on_device = self._device_batch(pass2_rows)
-        if reference is not None:  # dispatched before waiting for the rewards: overlaps with the host work
-            batch["ref_logps"] = step_fn.logprobs(reference, state.frozen, batch, unsplit)
-            if pass2_rows is not None:
-                pass2_rows["ref_logps"] = step_fn.logprobs(reference, state.frozen, pass2_on_device)
-        if grpo.num_iterations > 1:
-            batch["old_logps"] = step_fn.logprobs(state.params, state.frozen, batch, unsplit)
-            if pass2_rows is not None:
-                pass2_rows["old_logps"] = step_fn.logprobs(state.params, state.frozen, pass2_on_device)
-
-        total, components = rewards_future.result()
-        reward_time = time.perf_counter() - t1
-        advantages = np.asarray(group_advantages(total, group, grpo.advantage, grpo.advantage_epsilon))
-        batch["advantages"] = advantages
-        if pass2_rows is not None:
-            pass2_rows["advantages"] = advantages
-            batch = batches.add_pass2(batch, pass2_rows)
-        batch = self._device_batch(batch)
-        metrics = None
-        for iteration in range(grpo.num_iterations):
-            state, metrics = step_fn(state, batch, self._dropout_key(jax.random.fold_in(update_key, iteration)),
-                                     unsplit)
-
-        ratings1 = parse_ratings(result.pass1_texts)
-        lengths1 = np.asarray(result.pass1.lengths)
-        record: dict[str, Any] = {
-            "reward/total_mean": float(np.mean(total)), "reward/total_std": float(np.std(total)),
-            **{f"reward/{name}": float(np.mean(values)) for name, values in components.items()},
-            **_stats("advantage", advantages),
-            "completion_length/pass1_mean": float(lengths1.mean()),
-            "completion_length/pass1_max": int(lengths1.max()),
-            "truncated/pass1": float(np.mean(~np.asarray(result.pass1.finished))),
-            "parse_failures/pass1": int(np.sum(~np.isfinite(ratings1))),
-            "placeholder_cuts": placeholder_cuts,
-            "rating/pass1_mean": float(np.nanmean(ratings1)) if np.isfinite(ratings1).any() else float("nan"),
-            "rollout_time": rollout_time, "reward_time": reward_time,
-            "rollout_tokens_per_second": float(lengths1.sum()) / max(rollout_time, 1e-9),
-        }
-        if result.pass2 is not None:
-            ratings2 = parse_ratings(result.pass2_texts)
-            lengths2 = np.asarray(result.pass2.lengths)
-            record.update({
-                "completion_length/pass2_mean": float(lengths2.mean()),
-                "has_caption": float(np.mean(result.has_caption)),
-                "parse_failures/pass2": int(np.sum(~np.isfinite(ratings2) | ~np.asarray(result.has_caption))),
-                "rollout_tokens_per_second": float(lengths1.sum() + lengths2.sum()) / max(rollout_time, 1e-9),
-            })
-        metrics = distributed.fetch(metrics)
-        record.update({k: float(v) for k, v in metrics.items()})
-        record["compile_count/update"] = step_fn.compile_count
-        record["compile_count/logprobs"] = _cache_size(step_fn._logprobs)
-        record["compile_count/rollout"] = rollout_compile_count()
-        record["_update_tokens"] = update_tokens * grpo.num_iterations
-        samples = self._samples(records, result, total, components)
-        return state, record, samples
-
-    def _samples(self, records, result, total, components) -> list[dict[str, Any]]:
-        group = self.config.rollout.pass1.num_samples
-        out = []
-        for b, record in enumerate(records[: self.train.samples_per_log]):
-            for g in range(group):
-                row = b * group + g
-                entry = {"id": str(record.get("id", "?")), "mos_norm": float(record["mos_norm"]), "sample": g,
-                         "reward": float(total[row]),
-                         **{f"reward/{k}": float(v[row]) for k, v in components.items()},
-                         "pass1": result.pass1_texts[row]}
-                if result.pass2_texts is not None:
-                    entry["pass2"] = result.pass2_texts[row] if result.has_caption[row] else "(no caption: skipped)"
-                out.append(entry)
-        return out
 
     # ------------------------------------------------------------------ end of run
 
@@ -644,7 +455,7 @@ class Trainer:
         eval_batches = make_pipeline(data, "eval", preprocess=self.preprocess)
         start = time.perf_counter()
         with contextlib.ExitStack() as stack:
-            stack.enter_context(self._mesh())
+            stack.enter_context(self.placement.scope())
             folder = (self.output_dir / EVAL_DIR / name if self.main_process
                       else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jaxbiqa-eval-"))))
             result = evaluate(model, self.processor, eval_batches, folder, rollout=config.rollout, settings=settings)
@@ -673,11 +484,6 @@ class Trainer:
     def _write_summary(self, result: TrainResult) -> None:
         if self.main_process:
             (self.output_dir / SUMMARY_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _features(graphdef, params, frozen, pixels, plan):
-    return nnx.merge(graphdef, params, frozen).get_image_features(pixels, plan)
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:

@@ -155,7 +155,7 @@ def test_two_image_sizes_train_with_one_compile_per_size(tmp_path_factory):
     for name in ("compile_count/update", "compile_count/rollout", "compile_count/logprobs"):
         counts = [r[name] for r in grpo]
         assert len(set(counts)) <= 2 and counts == sorted(counts), f"{name}: {counts}"  # one rise: the second size
-    assert sorted(trainer._images) == [((1, 4, 4), 2), ((1, 4, 6), 2)]
+    assert sorted(trainer.plans._plans) == [((1, 4, 4), 2), ((1, 4, 6), 2)]
 
 
 def test_update_batch_scores_what_the_sampler_sampled(tmp_path_factory):
@@ -167,6 +167,7 @@ def test_update_batch_scores_what_the_sampler_sampled(tmp_path_factory):
 
     from jaxbiqa.models.build import build_policy
     from jaxbiqa.rl import batches
+    from jaxbiqa.rl.grpo_step import GRPOStep
     from jaxbiqa.rollout import Rollout
 
     root = tmp_path_factory.mktemp("wiring")
@@ -174,10 +175,14 @@ def test_update_batch_scores_what_the_sampler_sampled(tmp_path_factory):
     config = tiny_config(model_dir, data_dir, root / "out")
     trainer = Trainer(config, train=TrainSection(progress=False))
     model = build_policy(config.model, seed=0)
-    trainer._model_config = model.config
+    plans = batches.VisionPlans(model.config.vision)
     rollout = Rollout.from_processor(config.rollout, trainer.processor, model.config.text.vocab_size)
-    step_fn = trainer._grpo_step_fn(model)
+    step_fn = trainer._grpo_update(model)
     state = step_fn.init(model)
+    grpo_step = GRPOStep(config, rollout=rollout, reward_fn=trainer.reward_fn, update=step_fn, reference=None,
+                         placement=trainer.placement, plans=plans, eos_ids=trainer.eos_ids, train_pass2=False,
+                         samples_per_log=0)
+    grpo_step.close()
     placeholders = (model.config.image_token_id, model.config.video_token_id)
     iterator, cuts, scored = trainer._pipeline(2, None), 0, 0
     for seed in range(4):
@@ -186,8 +191,7 @@ def test_update_batch_scores_what_the_sampler_sampled(tmp_path_factory):
         result = rollout(step_fn.model(state), prompts, jax.random.key(seed))
         batch, cut = batches.grpo_pass1(prompts, result.pass1.tokens, result.pass1.lengths, 2, trainer.eos_ids,
                                         placeholders, pad_id=0)
-        features = trainer._image_features(step_fn, state, data,
-                                           trainer._plan(batches.same_image_grid(data["image_grid_thw"]), 2))
+        features = grpo_step.image_features(state, data, plans(batches.same_image_grid(data["image_grid_thw"]), 2))
         batch["image_features"] = jnp.repeat(features, 2, axis=0)
         mask = batch["completion_mask"] > 0
         logps = np.asarray(step_fn.logprobs(state.params, state.frozen, batch))

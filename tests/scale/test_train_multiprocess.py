@@ -79,11 +79,11 @@ def runs(tmp_path_factory) -> dict:
             env=_clean_env(), stdout=out, stderr=err)
     try:
         single = Trainer(load_config(str(config_file), [*COMMON, f"output_dir={root / 'one'}"]))
-        assert single.mesh is None and single.run().step == FINAL
+        assert single.placement.mesh is None and single.run().step == FINAL
         mesh_config = load_config(str(config_file), [*COMMON, f"output_dir={root / 'mesh'}", f"runtime.mesh={MESH}",
                                                      "runtime.distributed=off"])
         on_mesh = Trainer.from_runtime(mesh_config)
-        assert dict(on_mesh.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+        assert dict(on_mesh.placement.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
         assert on_mesh.run().step == FINAL
         cluster.wait(timeout=600)
     finally:
@@ -138,7 +138,7 @@ def test_only_process_zero_writes_reports(runs):
 def test_two_process_checkpoint_restores_in_one_process(runs):
     config = load_config(str(runs["config"]), COMMON)
     model = abstract_policy(config.model)
-    step_fn = Trainer(config)._grpo_step_fn(model)
+    step_fn = Trainer(config)._grpo_update(model)
     abstract = step_fn.abstract_state(model)
     target = restore_target({"train": abstract})  # one device
     restored, references = {}, {}
