@@ -14,6 +14,7 @@ right-padded completion, `completion_mask`), with fixed shapes so each compiles 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -60,11 +61,11 @@ def two_pass_loss(loss_fn: LossFn) -> LossFn:
     return loss
 
 
-def add_pass2(batch: dict[str, np.ndarray], part: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def add_pass2(batch: dict[str, Any], part: Mapping[str, Any]) -> dict[str, Any]:
     """`batch` with the plain-layout pass-2 rows `part` added under the `pass2_` prefix."""
     out = dict(batch)
     for key, value in part.items():
-        out[PASS2 + key] = np.swapaxes(value, 0, 1) if key == "positions" else value
+        out[PASS2 + key] = value.swapaxes(0, 1) if key == "positions" else value  # numpy or device arrays
     return out
 
 
@@ -149,20 +150,20 @@ def text_rows(model_config, prompts: Sequence[Sequence[int]], completions: np.nd
 
 def repeat_prompts(prompts: PromptBatch, times: int) -> PromptBatch:
     """Each prompt row repeated `times` times (rows b * times + g), as the sampler repeats them."""
-    return PromptBatch(np.repeat(prompts.input_ids, times, 0), np.repeat(prompts.attention_mask, times, 0),
-                       np.repeat(prompts.positions, times, 1), np.repeat(prompts.rope_deltas, times, 0))
+    return PromptBatch(jnp.repeat(prompts.input_ids, times, 0), jnp.repeat(prompts.attention_mask, times, 0),
+                       jnp.repeat(prompts.positions, times, 1), jnp.repeat(prompts.rope_deltas, times, 0))
 
 
-def completion_valid(lengths: np.ndarray, width: int, keep: np.ndarray | None = None) -> np.ndarray:
-    """`[rows, width]` 1 on each row's first `lengths` tokens (0 on rows where `keep` is False)."""
-    valid = np.arange(width)[None, :] < np.asarray(lengths)[:, None]
+def completion_valid(lengths: jax.Array, width: int, keep: jax.Array | None = None) -> jax.Array:
+    """int32 `[rows, width]`: 1 on each row's first `lengths` tokens (0 on rows where `keep` is False)."""
+    valid = jnp.arange(width)[None, :] < jnp.asarray(lengths)[:, None]
     if keep is not None:
-        valid &= np.asarray(keep, bool)[:, None]
-    return valid.astype(np.int32)
+        valid &= jnp.asarray(keep, bool)[:, None]
+    return valid.astype(jnp.int32)
 
 
-def cut_at_placeholders(tokens: np.ndarray, valid: np.ndarray, placeholder_ids: Sequence[int],
-                        pad_id: int) -> tuple[np.ndarray, np.ndarray, int]:
+def cut_at_placeholders(tokens: jax.Array, valid: jax.Array, placeholder_ids: Sequence[int],
+                        pad_id: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Completions cut before the first image / video placeholder id the policy generated.
 
     The model puts image features at every placeholder id of `input_ids`, so a sampled one would
@@ -170,19 +171,18 @@ def cut_at_placeholders(tokens: np.ndarray, valid: np.ndarray, placeholder_ids: 
     the token the sampler embedded. Such a token and what follows are masked out of the update and
     replaced by `pad_id`; returns (tokens, valid, rows cut).
     """
-    tokens, valid = np.array(tokens), np.array(valid)
-    hit = np.isin(tokens, np.asarray(placeholder_ids)) & (valid > 0)
-    after = np.cumsum(hit, axis=1) > 0
-    tokens[after] = pad_id
-    valid[after] = 0
-    return tokens, valid, int(hit.any(axis=1).sum())
+    tokens, valid = jnp.asarray(tokens), jnp.asarray(valid)
+    hit = jnp.isin(tokens, jnp.asarray(placeholder_ids, tokens.dtype).reshape(-1)) & (valid > 0)
+    after = jnp.cumsum(hit, axis=1) > 0
+    return jnp.where(after, pad_id, tokens), jnp.where(after, 0, valid), hit.any(axis=1).sum()
 
 
-def grpo_pass1(prompts: PromptBatch, tokens: np.ndarray, lengths: np.ndarray, group: int,
-               eos_ids: Sequence[int], placeholder_ids: Sequence[int] = (), pad_id: int = 0
-               ) -> tuple[dict[str, np.ndarray], int]:
-    """Pass-1 GRPO rows from a rollout (the prompts repeated `group` times, the sampled tokens) and
-    how many were cut at a generated placeholder (`cut_at_placeholders`)."""
+@functools.partial(jax.jit, static_argnames=("group", "eos_ids", "placeholder_ids", "pad_id"))
+def grpo_pass1(prompts: PromptBatch, tokens: jax.Array, lengths: jax.Array, *, group: int,
+               eos_ids: tuple[int, ...], placeholder_ids: tuple[int, ...] = (), pad_id: int = 0
+               ) -> tuple[dict[str, jax.Array], jax.Array]:
+    """Pass-1 GRPO rows built on device from the rollout's own arrays (the prompts repeated `group`
+    times, the sampled tokens), and how many were cut at a generated placeholder (`cut_at_placeholders`)."""
     rows = repeat_prompts(prompts, group)
     valid = completion_valid(lengths, tokens.shape[1])
     tokens, valid, cut = cut_at_placeholders(tokens, valid, placeholder_ids, pad_id)
@@ -191,8 +191,9 @@ def grpo_pass1(prompts: PromptBatch, tokens: np.ndarray, lengths: np.ndarray, gr
     return batch, cut
 
 
-def grpo_pass2(input_ids: np.ndarray, attention_mask: np.ndarray, tokens: np.ndarray, lengths: np.ndarray,
-               has_caption: np.ndarray, eos_ids: Sequence[int]) -> dict[str, np.ndarray]:
-    """Pass-2 GRPO rows (plain layout); rows whose pass 2 was skipped (no caption) have no valid token."""
+@functools.partial(jax.jit, static_argnames=("eos_ids",))
+def grpo_pass2(input_ids: jax.Array, attention_mask: jax.Array, tokens: jax.Array, lengths: jax.Array,
+               has_caption: jax.Array, *, eos_ids: tuple[int, ...]) -> dict[str, jax.Array]:
+    """Pass-2 GRPO rows (plain layout), on device; rows whose pass 2 was skipped (no caption) have no valid token."""
     return pack_batch(input_ids, attention_mask, tokens, eos_ids=eos_ids,
                       completion_valid=completion_valid(lengths, tokens.shape[1], has_caption))

@@ -114,10 +114,19 @@ class GRPOStep:
         t1 = time.perf_counter()
         rewards_future = self._pool.submit(self.reward_fn, result.pass1_texts, reward_batch)
 
-        batch, placeholder_cuts = batches.grpo_pass1(
-            prompts, result.pass1.tokens, result.pass1.lengths, group, self.eos_ids,
-            placeholder_ids=(policy.config.image_token_id, policy.config.video_token_id),
-            pad_id=config.rollout.pass1.pad_token_id)
+        # the update rows, built on device from the rollout's own arrays (no host rebuild)
+        device = result.device
+        with self.placement.scope():
+            batch, placeholder_cuts = batches.grpo_pass1(
+                prompts, device.pass1.tokens, device.pass1.lengths, group=group, eos_ids=self.eos_ids,
+                placeholder_ids=(policy.config.image_token_id, policy.config.video_token_id),
+                pad_id=config.rollout.pass1.pad_token_id)
+            pass2_rows = None
+            if self.train_pass2:
+                pass2_rows = batches.grpo_pass2(device.pass2_input_ids, device.pass2_attention_mask,
+                                                device.pass2.tokens, device.pass2.lengths, device.has_caption,
+                                                eos_ids=self.eos_ids)
+        update_tokens = batch["attention_mask"].sum()  # read with the step's metrics
         grid = batches.same_image_grid(data["image_grid_thw"])
         unsplit = {}
         if config.optim.freeze_vision:  # the tower's features once per image, not per sample
@@ -126,22 +135,15 @@ class GRPOStep:
         else:
             batch["pixel_values"] = np.repeat(np.asarray(data["pixel_values"]), group, axis=0)
             unsplit["vision_plan"] = self.plans(grid, batches.micro_rows(rows, config.optim))
-        update_tokens = int(np.sum(batch["attention_mask"]))
         batch = self._global(batch)
-        pass2_rows = pass2_on_device = None
-        if self.train_pass2:  # host arrays (add_pass2 reorders them), and their device copy
-            pass2_rows = batches.grpo_pass2(result.pass2_input_ids, result.pass2_attention_mask,
-                                            result.pass2.tokens, result.pass2.lengths, result.has_caption,
-                                            self.eos_ids)
-            pass2_on_device = self._global(pass2_rows)
         if self.reference is not None:  # dispatched before waiting for the rewards: overlaps with the host work
             batch["ref_logps"] = update.logprobs(self.reference, state.frozen, batch, unsplit)
             if pass2_rows is not None:
-                pass2_rows["ref_logps"] = update.logprobs(self.reference, state.frozen, pass2_on_device)
+                pass2_rows["ref_logps"] = update.logprobs(self.reference, state.frozen, pass2_rows)
         if grpo.num_iterations > 1:
             batch["old_logps"] = update.logprobs(state.params, state.frozen, batch, unsplit)
             if pass2_rows is not None:
-                pass2_rows["old_logps"] = update.logprobs(state.params, state.frozen, pass2_on_device)
+                pass2_rows["old_logps"] = update.logprobs(state.params, state.frozen, pass2_rows)
 
         total, components = rewards_future.result()
         reward_time = time.perf_counter() - t1
@@ -156,12 +158,14 @@ class GRPOStep:
             state, metrics = update(state, batch, dropout_key(config, jax.random.fold_in(update_key, iteration)),
                                     unsplit)
 
-        record = self._record(result, total, components, advantages, placeholder_cuts, rollout_time, reward_time)
-        record.update({k: float(v) for k, v in distributed.fetch(metrics).items()})
+        metrics, placeholder_cuts, update_tokens = distributed.fetch((metrics, placeholder_cuts, update_tokens))
+        record = self._record(result, total, components, advantages, int(placeholder_cuts), rollout_time,
+                              reward_time)
+        record.update({k: float(v) for k, v in metrics.items()})
         record["compile_count/update"] = update.compile_count
         record["compile_count/logprobs"] = _cache_size(update._logprobs)
         record["compile_count/rollout"] = rollout_compile_count()
-        record["_tokens"] = update_tokens * grpo.num_iterations
+        record["_tokens"] = int(update_tokens) * grpo.num_iterations
         return state, record, self._samples(records, result, total, components)
 
     @staticmethod

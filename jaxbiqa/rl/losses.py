@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxbiqa.config import Aggregation, Advantage, GRPOSection, KLEstimator
 
@@ -25,15 +26,17 @@ SumCount = tuple[jax.Array, jax.Array]
 def completion_mask(tokens: jax.Array, eos_ids: int | Sequence[int], valid: jax.Array | None = None) -> jax.Array:
     """int32 `[B, C]`: 1 on completion tokens up to and including the first EOS (all when none), 0 after.
 
-    `valid [B, C]` (optional) further masks tokens the sampler did not produce (padding).
+    `valid [B, C]` (optional) further masks tokens the sampler did not produce (padding). Works on
+    numpy (host batches) or jax arrays (built on device).
     """
-    tokens = jnp.asarray(tokens)
-    is_eos = jnp.isin(tokens, jnp.asarray(eos_ids, tokens.dtype).reshape(-1))
-    eos_before = jnp.cumsum(is_eos, axis=-1) - is_eos  # EOS tokens strictly before each position
+    xp = jnp if isinstance(tokens, jax.Array) else np
+    tokens = xp.asarray(tokens)
+    is_eos = xp.isin(tokens, xp.asarray(eos_ids, tokens.dtype).reshape(-1))
+    eos_before = xp.cumsum(is_eos, axis=-1) - is_eos  # EOS tokens strictly before each position
     mask = eos_before == 0
     if valid is not None:
-        mask = mask & (jnp.asarray(valid) > 0)
-    return mask.astype(jnp.int32)
+        mask = mask & (xp.asarray(valid) > 0)
+    return mask.astype(xp.int32)
 
 
 def group_advantages(rewards: jax.Array, num_generations: int, mode: Advantage = "grpo",

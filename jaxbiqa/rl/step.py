@@ -387,15 +387,17 @@ def pack_batch(prompt_ids: np.ndarray, prompt_mask: np.ndarray, completion_ids: 
     attention mask is the prompt mask then the completion mask. Positions: text positions, or for
     prompts with images the prompt batch's `prompt_positions [3, B, P]` followed by completion
     positions from its `rope_deltas [B]` (index among valid tokens + delta, as the sampler decodes).
+    Numpy in, numpy out (host batches); jax arrays in (e.g. traced in a jitted function), jax out.
     """
-    prompt_ids, prompt_mask, completion_ids = map(np.asarray, (prompt_ids, prompt_mask, completion_ids))
+    xp = jnp if any(isinstance(a, jax.Array) for a in (prompt_ids, completion_ids)) else np
+    prompt_ids, prompt_mask, completion_ids = map(xp.asarray, (prompt_ids, prompt_mask, completion_ids))
     if prompt_ids.shape != prompt_mask.shape or prompt_ids.ndim != 2 or completion_ids.ndim != 2 \
             or completion_ids.shape[0] != prompt_ids.shape[0]:
         raise ValueError(f"pack_batch: prompt_ids {prompt_ids.shape}, prompt_mask {prompt_mask.shape} and "
                          f"completion_ids {completion_ids.shape} must be [B, P], [B, P] and [B, C]")
-    mask = np.asarray(completion_mask(completion_ids, eos_ids, completion_valid))
-    ids = np.concatenate([prompt_ids, completion_ids], axis=1).astype(np.int32)
-    attention = np.concatenate([prompt_mask.astype(np.int32), mask], axis=1)
+    mask = completion_mask(completion_ids, eos_ids, completion_valid)
+    ids = xp.concatenate([prompt_ids, completion_ids], axis=1).astype(xp.int32)
+    attention = xp.concatenate([prompt_mask.astype(xp.int32), mask], axis=1)
     if (prompt_positions is None) != (rope_deltas is None):
         raise ValueError("pack_batch: prompt_positions and rope_deltas go together (a PromptBatch's fields)")
     if prompt_positions is None:
@@ -404,8 +406,8 @@ def pack_batch(prompt_ids: np.ndarray, prompt_mask: np.ndarray, completion_ids: 
         if np.shape(prompt_positions) != (3, *prompt_ids.shape):
             raise ValueError(f"pack_batch: prompt_positions of shape {np.shape(prompt_positions)}, "
                              f"expected {(3, *prompt_ids.shape)}")
-        deltas = np.asarray(rope_deltas).reshape(-1, 1)
+        deltas = xp.asarray(rope_deltas).reshape(-1, 1)
         later = text_positions(attention, deltas)[:, :, prompt_ids.shape[1]:]
-        positions = np.concatenate([np.asarray(prompt_positions), later], axis=2)
-    return dict(input_ids=ids, attention_mask=attention, positions=np.asarray(positions, np.int32),
+        positions = xp.concatenate([xp.asarray(prompt_positions), later], axis=2)
+    return dict(input_ids=ids, attention_mask=attention, positions=positions.astype(xp.int32),
                 completion_mask=mask)

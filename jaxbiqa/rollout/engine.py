@@ -34,8 +34,20 @@ from jaxbiqa.rollout.textmatch import token_bytes
 Split = str  # the tag before which pass 1's text is cut: "think" (caption) or "answer" (caption + think)
 
 
+class DeviceRollout(NamedTuple):
+    """The program's outputs where it left them (device arrays, global on a mesh): what update rows
+    are built from on device, without a trip through the host."""
+
+    pass1: Completion
+    pass2_input_ids: jax.Array | None
+    pass2_attention_mask: jax.Array | None
+    has_caption: jax.Array | None
+    pass2: Completion | None
+
+
 class RolloutResult(NamedTuple):
-    """Host (numpy) results of one rollout; pass-2 fields are None when `two_pass` is off."""
+    """Host (numpy) results of one rollout, and the same on device (`device`); pass-2 fields are
+    None when `two_pass` is off."""
 
     pass1: Completion
     pass1_texts: list[str]
@@ -44,6 +56,7 @@ class RolloutResult(NamedTuple):
     pass2_attention_mask: np.ndarray | None
     pass2: Completion | None
     pass2_texts: list[str] | None
+    device: DeviceRollout
 
     def split_texts(self, split: int) -> tuple[list[str], np.ndarray]:
         """(pass-2 texts, has_caption) of split point `split` (its index in `Rollout.splits`)."""
@@ -126,14 +139,15 @@ class Rollout:
 
     def __call__(self, model, prompts: PromptBatch, key: jax.Array) -> RolloutResult:
         graphdef, state = nnx.split(model)
-        first, ids, mask, has_caption, second = fetch(_two_pass_program(
+        device = DeviceRollout(*_two_pass_program(
             graphdef, state, prompts, key, self.pass1.stops, self.pass2.stops, self.tables,
             pass1=self.config.pass1, pass2=self.config.pass2, max_caption=self.max_caption))
+        first, ids, mask, has_caption, second = fetch(tuple(device))
         texts = completion_texts(first, self.decode)
         if second is None:
-            return RolloutResult(first, texts, None, None, None, None, None)
+            return RolloutResult(first, texts, None, None, None, None, None, device)
         return RolloutResult(first, texts, np.asarray(has_caption), np.asarray(ids), np.asarray(mask), second,
-                             completion_texts(second, self.decode))
+                             completion_texts(second, self.decode), device)
 
     @staticmethod
     def compile_count() -> int:

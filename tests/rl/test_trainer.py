@@ -189,20 +189,21 @@ def test_update_batch_scores_what_the_sampler_sampled(tmp_path_factory):
         data = next(iterator)
         prompts = batches.prompt_batch(lambda *a: rollout.prepare(model, *a), data)
         result = rollout(step_fn.model(state), prompts, jax.random.key(seed))
-        batch, cut = batches.grpo_pass1(prompts, result.pass1.tokens, result.pass1.lengths, 2, trainer.eos_ids,
-                                        placeholders, pad_id=0)
+        device = result.device  # the rows are built from the rollout's device arrays
+        batch, cut = batches.grpo_pass1(prompts, device.pass1.tokens, device.pass1.lengths, group=2,
+                                        eos_ids=trainer.eos_ids, placeholder_ids=placeholders, pad_id=0)
         features = grpo_step.image_features(state, data, plans(batches.same_image_grid(data["image_grid_thw"]), 2))
         batch["image_features"] = jnp.repeat(features, 2, axis=0)
-        mask = batch["completion_mask"] > 0
+        mask = np.asarray(batch["completion_mask"]) > 0
         logps = np.asarray(step_fn.logprobs(state.params, state.frozen, batch))
         np.testing.assert_allclose(logps[mask], result.pass1.logprobs[mask], atol=1e-5)
-        second = batches.grpo_pass2(result.pass2_input_ids, result.pass2_attention_mask, result.pass2.tokens,
-                                    result.pass2.lengths, result.has_caption, trainer.eos_ids)
-        mask2 = second["completion_mask"] > 0
+        second = batches.grpo_pass2(device.pass2_input_ids, device.pass2_attention_mask, device.pass2.tokens,
+                                    device.pass2.lengths, device.has_caption, eos_ids=trainer.eos_ids)
+        mask2 = np.asarray(second["completion_mask"]) > 0
         logps2 = np.asarray(step_fn.logprobs(state.params, state.frozen, second))
         np.testing.assert_allclose(logps2[mask2], result.pass2.logprobs[mask2], atol=1e-5)
         assert not mask2[~result.has_caption].any()  # skipped pass 2 is not trained
-        cuts, scored = cuts + cut, scored + int(mask.sum())
+        cuts, scored = cuts + int(cut), scored + int(mask.sum())
     assert scored > 100
     assert cuts > 0  # the random policy does sample placeholders: the cut is exercised
 
