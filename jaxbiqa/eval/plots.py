@@ -5,13 +5,16 @@
 * `rating_figure`: image-conditioned vs caption-conditioned rating, with the diagonal;
 * `training_figure`: one panel per numeric metric of a run's JSON-lines log (`read_training_log`).
 
-Figures are plain `matplotlib.figure.Figure`s (no pyplot state): callers read their axes, and
-`save_png` writes them at a fixed size (figure inches x `DPI`) with the axes' titles and labels in
-the PNG's ``Description`` text chunk as JSON (`axes_labels`), so a PNG can be checked on its own.
+What each panel shows is computed by a pure function (`prediction_panel`, `rating_panel`,
+`training_panel`) that callers and tests read; the figures only draw it. Figures are plain
+`matplotlib.figure.Figure`s (no pyplot state) and `save_png` writes them at a fixed size (figure
+inches x `DPI`) with the axes' titles and labels in the PNG's ``Description`` text chunk as JSON
+(`axes_labels`), so a PNG can be checked on its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -74,22 +77,48 @@ def _fmt(value: float) -> str:
     return "n/a" if not math.isfinite(value) else f"{value:.3f}"
 
 
+@dataclasses.dataclass(frozen=True)
+class PredictionPanel:
+    """What one panel of `prediction_figure` shows."""
+
+    x: np.ndarray                   # valid predictions
+    y: np.ndarray                   # their targets
+    n_invalid: int                  # pairs left out (NaN / -1 prediction or NaN target)
+    curve: tuple[np.ndarray, np.ndarray] | None  # the fitted logistic over [x.min, x.max]; None if no fit
+    srcc: float
+    plcc: float
+
+    @property
+    def legend(self) -> str:
+        return f"{self.x.size} images" + (f" ({self.n_invalid} invalid)" if self.n_invalid else "")
+
+
+def prediction_panel(pred: Sequence[float] | np.ndarray, target: Sequence[float] | np.ndarray, *, what: str,
+                     lower_is_better: bool = False) -> PredictionPanel:
+    x, y, n_invalid = _valid_pairs(pred, target, what)
+    fit = fit_logistic(x, y)
+    curve = None
+    if fit.params is not None:
+        grid = np.linspace(x.min(), x.max(), 200)
+        curve = (grid, fit(grid))
+    m = iqa_metrics(x, y, lower_is_better=lower_is_better, logistic_fit=False)
+    return PredictionPanel(x, y, n_invalid, curve, m.srcc, m.plcc)
+
+
 def prediction_figure(columns: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, dataset: str,
                       target_label: str = "target (MOS)", lower_is_better: bool = False) -> Figure:
     """Predicted rating (x) vs target (y), one panel per `columns` entry (label -> (pred, target)),
-    with the fitted logistic curve; invalid predictions (NaN, -1) are left out and counted."""
+    with the fitted logistic curve; invalid predictions (NaN, -1) are left out and counted
+    (`prediction_panel`)."""
     if not columns:
         raise ValueError(f"{dataset}: no score columns to plot")
     fig, axes = _figure(len(columns))
     for ax, (label, (pred, target)) in zip(axes, columns.items()):
-        x, y, n_invalid = _valid_pairs(pred, target, f"{dataset}, {label}")
-        ax.scatter(x, y, s=10, alpha=0.6, label=f"{x.size} images" + (f" ({n_invalid} invalid)" if n_invalid else ""))
-        fit = fit_logistic(x, y)
-        if fit.params is not None:
-            grid = np.linspace(x.min(), x.max(), 200)
-            ax.plot(grid, fit(grid), color="C3", label="logistic fit")
-        m = iqa_metrics(x, y, lower_is_better=lower_is_better, logistic_fit=False)
-        ax.text(0.02, 0.98, f"SRCC {_fmt(m.srcc)}\nPLCC {_fmt(m.plcc)}", transform=ax.transAxes, va="top",
+        panel = prediction_panel(pred, target, what=f"{dataset}, {label}", lower_is_better=lower_is_better)
+        ax.scatter(panel.x, panel.y, s=10, alpha=0.6, label=panel.legend)
+        if panel.curve is not None:
+            ax.plot(*panel.curve, color="C3", label="logistic fit")
+        ax.text(0.02, 0.98, f"SRCC {_fmt(panel.srcc)}\nPLCC {_fmt(panel.plcc)}", transform=ax.transAxes, va="top",
                 fontsize=9, bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
         ax.set_title(f"{dataset}: {label}")
         ax.set_xlabel("predicted rating")
@@ -98,33 +127,51 @@ def prediction_figure(columns: Mapping[str, tuple[Sequence[float], Sequence[floa
     return fig
 
 
-def rating_figure(image_rating: Sequence[float], caption_rating: Sequence[float], *, dataset: str,
-                  caption_label: str = "caption only", target: Sequence[float] | None = None,
-                  target_label: str = "target (MOS)") -> Figure:
-    """Image-conditioned (x) vs caption-conditioned (y) rating of the same images, with y = x;
-    points coloured by `target` when given. Pairs with an invalid rating on either side are left out."""
+@dataclasses.dataclass(frozen=True)
+class RatingPanel:
+    """What `rating_figure` shows: the pairs with a valid rating on both sides."""
+
+    x: np.ndarray                   # image-conditioned ratings
+    y: np.ndarray                   # caption-conditioned ratings
+    colour: np.ndarray | None       # their targets, when given
+    pearson: float                  # NaN below 3 pairs or without spread
+
+
+def rating_panel(image_rating: Sequence[float], caption_rating: Sequence[float], *, what: str,
+                 target: Sequence[float] | None = None) -> RatingPanel:
     x = np.asarray(image_rating, dtype=np.float64).ravel()
     y = np.asarray(caption_rating, dtype=np.float64).ravel()
     if x.shape != y.shape:
-        raise ValueError(f"{dataset}: {x.size} image ratings but {y.size} caption ratings")
+        raise ValueError(f"{what}: {x.size} image ratings but {y.size} caption ratings")
     keep = ~invalid_mask(x) & ~invalid_mask(y)
-    fig, (ax,) = _figure(1, panel_inches=(5.0, 4.2))
     colour = None
     if target is not None:
         colour = np.asarray(target, dtype=np.float64).ravel()
         if colour.shape != x.shape:
-            raise ValueError(f"{dataset}: {x.size} ratings but {colour.size} targets")
+            raise ValueError(f"{what}: {x.size} ratings but {colour.size} targets")
         colour = colour[keep]
     x, y = x[keep], y[keep]
-    points = ax.scatter(x, y, c=colour, s=12, alpha=0.7, cmap="viridis" if colour is not None else None)
-    if colour is not None:
+    r = float(np.corrcoef(x, y)[0, 1]) if x.size > 2 and np.ptp(x) > 0 and np.ptp(y) > 0 else math.nan
+    return RatingPanel(x, y, colour, r)
+
+
+def rating_figure(image_rating: Sequence[float], caption_rating: Sequence[float], *, dataset: str,
+                  caption_label: str = "caption only", target: Sequence[float] | None = None,
+                  target_label: str = "target (MOS)") -> Figure:
+    """Image-conditioned (x) vs caption-conditioned (y) rating of the same images, with y = x;
+    points coloured by `target` when given. Pairs with an invalid rating on either side are left
+    out (`rating_panel`)."""
+    panel = rating_panel(image_rating, caption_rating, what=dataset, target=target)
+    fig, (ax,) = _figure(1, panel_inches=(5.0, 4.2))
+    x, y = panel.x, panel.y
+    points = ax.scatter(x, y, c=panel.colour, s=12, alpha=0.7, cmap="viridis" if panel.colour is not None else None)
+    if panel.colour is not None:
         fig.colorbar(points, ax=ax, label=target_label)
     if x.size:
         low, high = min(x.min(), y.min()), max(x.max(), y.max())
         ax.plot([low, high], [low, high], color="grey", linestyle="--", linewidth=1, label="y = x")
         ax.legend(loc="lower right", fontsize=8)
-    r = float(np.corrcoef(x, y)[0, 1]) if x.size > 2 and np.ptp(x) > 0 and np.ptp(y) > 0 else math.nan
-    ax.text(0.02, 0.98, f"N {x.size}\nPearson r {_fmt(r)}", transform=ax.transAxes, va="top", fontsize=9,
+    ax.text(0.02, 0.98, f"N {x.size}\nPearson r {_fmt(panel.pearson)}", transform=ax.transAxes, va="top", fontsize=9,
             bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
     ax.set_title(f"{dataset}: image vs {caption_label} rating")
     ax.set_xlabel("image-conditioned rating")
@@ -198,32 +245,56 @@ def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(values, np.ones(window) / window, mode="valid")
 
 
+@dataclasses.dataclass(frozen=True)
+class StageSeries:
+    """One stage's line in a `training_figure` panel."""
+
+    stage: str | None
+    steps: np.ndarray               # the raw values' steps
+    values: np.ndarray
+    smoothed: tuple[np.ndarray, np.ndarray] | None  # (steps, moving average) when longer than the window
+
+
+def training_panel(records: Sequence[Mapping[str, object]], name: str, *, smooth: int = 10,
+                   stage_key: str = "stage") -> list[StageSeries]:
+    """The lines of metric `name` (flattened records), one per value of their string `stage_key`
+    in order of appearance; stages without the metric are left out."""
+    records = [_flatten(r) for r in records]
+
+    def stage_of(record: Mapping[str, object]) -> str | None:
+        return record.get(stage_key) if isinstance(record.get(stage_key), str) else None
+
+    lines = []
+    for stage in dict.fromkeys(stage_of(r) for r in records):
+        steps, values = metric_series([r for r in records if stage_of(r) == stage], name)
+        if values.size:
+            smoothed = ((steps[smooth - 1:], _moving_average(values, smooth)) if smooth > 1 and values.size > smooth
+                        else None)
+            lines.append(StageSeries(stage, steps, values, smoothed))
+    return lines
+
+
 def training_figure(records: Sequence[Mapping[str, object]], *, metrics: Sequence[str] | None = None,
                     smooth: int = 10, stage_key: str = "stage", title: str | None = None) -> Figure:
     """One panel per metric (x: step): the raw values, and their `smooth`-point moving average when a
     series is longer than that. Nested records are flattened to ``a/b`` names; records lacking a
     metric are skipped for that panel only; records are grouped by their string `stage_key` (if
-    any), each stage drawn as its own line."""
+    any), each stage drawn as its own line (`training_panel`)."""
     records = [_flatten(r) for r in records]
     names = list(metrics) if metrics is not None else training_metrics(records)
     if not names:
         raise ValueError("the training log has no numeric metrics besides step")
     fig, axes = _figure(len(names))
-    def stage_of(record: Mapping[str, object]) -> str | None:
-        return record.get(stage_key) if isinstance(record.get(stage_key), str) else None
-
-    stages = list(dict.fromkeys(stage_of(r) for r in records))
+    stages = list(dict.fromkeys(r.get(stage_key) if isinstance(r.get(stage_key), str) else None for r in records))
     for ax, name in zip(axes, names):
-        for i, stage in enumerate(stages):
-            steps, values = metric_series([r for r in records if stage_of(r) == stage], name)
-            if not values.size:
-                continue
-            colour = f"C{i}"
-            if smooth > 1 and values.size > smooth:
-                ax.plot(steps, values, color=colour, alpha=0.3, linewidth=1)
-                ax.plot(steps[smooth - 1:], _moving_average(values, smooth), color=colour, label=stage)
+        for line in training_panel(records, name, smooth=smooth, stage_key=stage_key):
+            colour = f"C{stages.index(line.stage)}"
+            if line.smoothed is not None:
+                ax.plot(line.steps, line.values, color=colour, alpha=0.3, linewidth=1)
+                ax.plot(*line.smoothed, color=colour, label=line.stage)
             else:
-                ax.plot(steps, values, color=colour, marker="." if values.size < 30 else None, label=stage)
+                ax.plot(line.steps, line.values, color=colour, marker="." if line.values.size < 30 else None,
+                        label=line.stage)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
         ax.set_title(name)

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import stats
 
 from jaxbiqa.eval import plots
 from jaxbiqa.eval.metrics import fit_logistic
@@ -33,34 +34,40 @@ def test_prediction_figure_with_logistic_fit(tmp_path):
     target = rng.uniform(1, 5, 60)
     pred = 1 + 4 / (1 + np.exp(-(target - 3))) + rng.normal(0, 0.2, 60)
     pred[[4, 9]] = [-1.0, np.nan]  # unparsable outputs
+    panel = plots.prediction_panel(pred, target, what="koniq, image")
+    keep = np.isfinite(pred) & (pred != -1)
+    np.testing.assert_array_equal(panel.x, pred[keep])  # the two invalid ones are left out, and counted
+    np.testing.assert_array_equal(panel.y, target[keep])
+    assert panel.n_invalid == 2 and panel.legend == "58 images (2 invalid)"
+    grid, curve = panel.curve
+    assert grid.min() == pytest.approx(pred[keep].min()) and grid.max() == pytest.approx(pred[keep].max())
+    np.testing.assert_allclose(curve, fit_logistic(pred[keep], target[keep])(grid), rtol=1e-9)
+    assert panel.srcc == pytest.approx(stats.spearmanr(pred[keep], target[keep])[0])
+    assert panel.plcc == pytest.approx(stats.pearsonr(pred[keep], target[keep])[0])
+
     fig = plots.prediction_figure({"image": (pred, target), "caption only": (pred[::-1], target)}, dataset="koniq")
     size, labels = read_png(plots.save_png(fig, tmp_path / "pred.png"))
     assert size == (2 * 400, 320)
     assert labels == [{"title": "koniq: image", "xlabel": "predicted rating", "ylabel": "target (MOS)"},
                       {"title": "koniq: caption only", "xlabel": "predicted rating", "ylabel": "target (MOS)"}]
-    ax = fig.axes[0]
-    assert ax.collections[0].get_offsets().shape == (58, 2)  # the two invalid ones are left out
-    assert ax.get_legend().get_texts()[0].get_text() == "58 images (2 invalid)"
-    keep = np.isfinite(pred) & (pred != -1)
-    curve = ax.lines[0]
-    expected = fit_logistic(pred[keep], target[keep])(curve.get_xdata())
-    np.testing.assert_allclose(curve.get_ydata(), expected, rtol=1e-9)
-    assert curve.get_xdata().min() == pytest.approx(pred[keep].min())
+    with pytest.raises(ValueError, match="koniq, image: 3 predictions but 2 targets"):
+        plots.prediction_figure({"image": ([1, 2, 3], [1, 2])}, dataset="koniq")
 
 
 def test_rating_figure(tmp_path):
     image = np.array([1.0, 2.0, 3.0, -1.0, 4.5, 2.5])
     caption = np.array([1.5, 2.0, np.nan, 3.0, 4.0, 3.5])
+    panel = plots.rating_panel(image, caption, what="kadid", target=np.arange(6.0))
+    np.testing.assert_array_equal(np.stack([panel.x, panel.y], 1), [[1.0, 1.5], [2.0, 2.0], [4.5, 4.0], [2.5, 3.5]])
+    np.testing.assert_array_equal(panel.colour, [0.0, 1.0, 4.0, 5.0])  # each kept pair keeps its target
+    assert panel.pearson == pytest.approx(np.corrcoef(panel.x, panel.y)[0, 1])
+    assert np.isnan(plots.rating_panel([1.0, 2.0], [1.0, 2.0], what="two").pearson)
     fig = plots.rating_figure(image, caption, dataset="kadid", caption_label="caption+think",
                               target=np.arange(6.0), target_label="target (MOS)")
     size, labels = read_png(plots.save_png(fig, tmp_path / "sub" / "rating.png"))
     assert size == (500, 420)
     assert labels == [{"title": "kadid: image vs caption+think rating", "xlabel": "image-conditioned rating",
                        "ylabel": "caption+think rating"}]  # the colour bar is not a plotting axes
-    ax = fig.axes[0]
-    np.testing.assert_array_equal(ax.collections[0].get_offsets(), [[1.0, 1.5], [2.0, 2.0], [4.5, 4.0], [2.5, 3.5]])
-    np.testing.assert_array_equal(ax.collections[0].get_array(), [0.0, 1.0, 4.0, 5.0])
-    assert ax.lines[0].get_label() == "y = x"
 
 
 def write_log(path, lines):
@@ -93,12 +100,15 @@ def test_training_curves_from_a_jsonl_log(tmp_path):
     assert {a["xlabel"] for a in labels} == {"step"}
     steps, values = plots.metric_series(records, "kl")
     assert steps.size == 39 and 7 not in steps
-    kl_axes = fig.axes[2]
-    raw = [line for line in kl_axes.lines if line.get_alpha() == 0.3]  # raw values under the moving average
-    assert sorted(np.concatenate([line.get_xdata() for line in raw]).tolist()) == steps.tolist()
-    assert [t.get_text() for t in kl_axes.get_legend().get_texts()] == ["stage1", "stage2"]
-    lengths = fig.axes[3].lines
-    assert sum(line.get_xdata().size for line in lengths if line.get_alpha() == 0.3) == 20
+    kl = plots.training_panel(records, "kl", smooth=5)
+    assert [line.stage for line in kl] == ["stage1", "stage2"]
+    assert np.concatenate([line.steps for line in kl]).tolist() == steps.tolist()  # every raw value, by stage
+    first = kl[0]
+    np.testing.assert_allclose(first.smoothed[1], np.convolve(first.values, np.ones(5) / 5, mode="valid"))
+    assert first.smoothed[0].tolist() == first.steps[4:].tolist()
+    lengths = plots.training_panel(records, "completion_length", smooth=5)
+    assert sum(line.values.size for line in lengths) == 20  # odd steps only
+    assert plots.training_panel(records, "kl", smooth=50)[0].smoothed is None  # shorter than the window
 
 
 def test_training_log_errors(tmp_path):
