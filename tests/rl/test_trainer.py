@@ -47,6 +47,7 @@ def _stage(lines, stage):
     return [r for r in lines if r["stage"] == stage]
 
 
+@pytest.mark.slow  # the shared whole training run (warm start, GRPO, evaluation, export)
 def test_runs_both_stages_and_exports(run):
     trainer, result, lines, out = run
     assert not result.preempted and result.step == SFT_STEPS + GRPO_STEPS
@@ -59,6 +60,7 @@ def test_runs_both_stages_and_exports(run):
     assert json.loads((out / "summary.json").read_text())["step"] == result.step
 
 
+@pytest.mark.slow  # the shared whole training run (warm start, GRPO, evaluation, export)
 def test_no_recompilation_after_step_two(run):
     _, _, lines, _ = run
     sft, grpo = _stage(lines, "sft"), _stage(lines, "grpo")
@@ -70,6 +72,7 @@ def test_no_recompilation_after_step_two(run):
         assert counts[0] >= 1
 
 
+@pytest.mark.slow  # the shared whole training run (warm start, GRPO, evaluation, export)
 def test_nan_step_is_skipped_and_counted(run):
     _, _, lines, _ = run
     grpo = _stage(lines, "grpo")
@@ -79,6 +82,7 @@ def test_nan_step_is_skipped_and_counted(run):
     assert grpo[NAN_STEP - 1]["reward/total_mean"] is None  # NaN is logged as null
 
 
+@pytest.mark.slow  # the shared whole training run (warm start, GRPO, evaluation, export)
 def test_logs_every_metric_family(run):
     _, _, lines, out = run
     record = _stage(lines, "grpo")[0]
@@ -97,6 +101,7 @@ def test_logs_every_metric_family(run):
     assert any((out / "tensorboard").iterdir())
 
 
+@pytest.mark.slow  # the shared whole training run (warm start, GRPO, evaluation, export)
 def test_evaluation_writes_readable_predictions(run):
     _, result, lines, out = run
     final = result.eval["final"]
