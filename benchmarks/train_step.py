@@ -2,7 +2,7 @@
 
 TRL side: `GRPOTrainer._compute_loss` (its chunked log-prob head, the clipped loss with the k3 KL)
 + `backward()` + gradient clipping + `torch.optim.AdamW.step()` on a transformers
-`Qwen2ForCausalLM` in float32. jaxbiqa side: one call of the jitted `TrainStep` (forward, chunked
+`Qwen2ForCausalLM` in float32. jaxbiqa side: one call of the jitted `UpdateStep` (forward, chunked
 log-probs, loss, gradient, clip, AdamW, non-finite guard) on a Qwen2.5-VL decoder holding the same
 weights; text-only inputs make the two models the same function. Both take the same batch (B
 completions of C tokens after unpadded prompts of P tokens, old and reference log-probs given, as
@@ -35,7 +35,7 @@ from jaxbiqa.models.qwen2_5_vl import (
     VisionConfig,
     trainable_filter,
 )
-from jaxbiqa.rl.step import TrainStep, grpo_loss, pack_batch
+from jaxbiqa.rl.step import UpdateStep, grpo_loss, pack_batch
 
 VOCAB, PAD, EOS = 4096, 4003, 4004
 TEXT = dict(vocab_size=VOCAB, hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8,
@@ -109,7 +109,7 @@ def main() -> None:
         reference = torch_model(directory)
         trainer = trainer_for(reference, b, c)
     model = jax_model(reference)
-    step = TrainStep(model, grpo_loss(GRPO), OptimSection(learning_rate=LR), 1000,
+    step = UpdateStep(model, grpo_loss(GRPO), OptimSection(learning_rate=LR), 1000,
                      trainable=trainable_filter(lora=False, freeze_vision=True))
     state = step.init(model)
     logp = np.asarray(step.logprobs(state.params, state.frozen, batch))
@@ -144,7 +144,7 @@ def main() -> None:
           f"jax {jax.__version__}")
     print(f"first-step loss: TRL {losses['trl']:.6f}, jaxbiqa {losses['jaxbiqa']:.6f}")
     print(f"TRL _compute_loss + backward + clip + AdamW: {t_trl * 1e3:8.1f} ms (median of {args.repeats})")
-    print(f"jaxbiqa TrainStep (jit):                     {t_jax * 1e3:8.1f} ms   "
+    print(f"jaxbiqa UpdateStep (jit):                     {t_jax * 1e3:8.1f} ms   "
           f"ratio TRL/jaxbiqa = {t_trl / t_jax:.2f}")
 
 

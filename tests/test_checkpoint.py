@@ -35,12 +35,12 @@ def test_round_trip_on_mesh_with_optimizer_rng_data_and_config(tmp_path):
     sys.path.insert(0, str(REPO / "tests" / "rl"))
     from tiny_models import grpo_batch, random_model, tiny_config
     from jaxbiqa.config import GRPOSection, OptimSection
-    from jaxbiqa.rl.step import TrainStep, grpo_loss
+    from jaxbiqa.rl.step import UpdateStep, grpo_loss
     from jaxbiqa.sharding import make_mesh
 
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     model = random_model(tiny_config())
-    step = TrainStep(model, grpo_loss(GRPOSection(beta=0.0)), OptimSection(learning_rate=1e-2), 10, mesh=mesh)
+    step = UpdateStep(model, grpo_loss(GRPOSection(beta=0.0)), OptimSection(learning_rate=1e-2), 10, mesh=mesh)
     state = step.init(model)
     state, _ = step(state, grpo_batch())
     key = jax.random.key(7)

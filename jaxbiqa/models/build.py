@@ -55,7 +55,7 @@ def model_config(section, path: Path) -> ModelConfig:
 def build_policy(section, *, seed: int = 0, mesh=None, rules: LogicalRules = DEFAULT_RULES) -> nnx.Module:
     """The policy of a `ModelSection`: loaded weights when `model.path` has them, else random init.
 
-    A randomly initialised model lives on the default device; `TrainStep.init` places it on the
+    A randomly initialised model lives on the default device; `UpdateStep.init` places it on the
     mesh. LoRA adapters start at B = 0 (the loaded model, unchanged).
     """
     path = resolve_model_path(section.path)
@@ -67,7 +67,7 @@ def build_policy(section, *, seed: int = 0, mesh=None, rules: LogicalRules = DEF
 
 def abstract_policy(section, *, seed: int = 0) -> nnx.Module:
     """The policy's structure with `jax.ShapeDtypeStruct` leaves (nothing allocated, no weights read):
-    enough to build the train step and restore a checkpoint into."""
+    enough to build the update step and restore a checkpoint into."""
     return abstract_model(model_config(section, resolve_model_path(section.path)), seed)
 
 

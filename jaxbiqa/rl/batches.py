@@ -1,6 +1,6 @@
 """Update batches of the two training stages, assembled on the host from data batches and rollouts.
 
-Both stages feed `rl.step.TrainStep` batches in its layout (`pack_batch`: left-padded prompt,
+Both stages feed `rl.step.UpdateStep` batches in its layout (`pack_batch`: left-padded prompt,
 right-padded completion, `completion_mask`), with fixed shapes so each compiles once:
 * pass-1 rows (image prompts): the pass-1 prompt bucket, completions padded to
   `pass1.max_new_tokens`; the image as `pixel_values [rows, patches, patch_dim]` when the vision

@@ -6,7 +6,7 @@
 2. rewards on the host from the decoded texts (self-consistency reads the pass-2 texts), computed
    in a worker thread while this thread packs the update batch and dispatches the reference / old
    log-probs to the device;
-3. group advantages (`grpo.advantage`), then the update (`rl.step.TrainStep`, `num_iterations`
+3. group advantages (`grpo.advantage`), then the update (`rl.step.UpdateStep`, `num_iterations`
    times; old log-probs stored before the first when > 1), pass-2 rows included with
    `train.train_pass2` (each with its pass-1 sample's advantage).
 Every process holds the whole global batch and every row's result, so rewards and advantages are
@@ -32,7 +32,7 @@ from jaxbiqa.distributed import Placement
 from jaxbiqa.rewards import parse_ratings
 from jaxbiqa.rl import batches
 from jaxbiqa.rl.losses import group_advantages
-from jaxbiqa.rl.step import ROW_AXIS, TrainState, TrainStep
+from jaxbiqa.rl.step import ROW_AXIS, TrainState, UpdateStep
 from jaxbiqa.rollout import Rollout, sampler
 
 
@@ -64,11 +64,11 @@ def _features(graphdef, params, frozen, pixels, plan):
 class GRPOStep:
     """`step(state, data, step, key) -> (state, record, samples)` for one global data batch.
 
-    `update` is the GRPO `TrainStep`; `reference` the reference policy's trainable-shaped
+    `update` is the GRPO `UpdateStep`; `reference` the reference policy's trainable-shaped
     parameters (None when `grpo.beta == 0`); `reward_fn(texts, batch) -> (total, components)`.
     """
 
-    def __init__(self, config: Config, *, rollout: Rollout, reward_fn: Callable, update: TrainStep,
+    def __init__(self, config: Config, *, rollout: Rollout, reward_fn: Callable, update: UpdateStep,
                  reference: Any, placement: Placement, plans: batches.VisionPlans, eos_ids: Sequence[int],
                  train_pass2: bool, samples_per_log: int):
         self.config = config

@@ -1,6 +1,6 @@
 """The jitted update: one `jax.jit` per step over the split model state, shared by GRPO and SFT.
 
-`TrainStep` splits the model once (`nnx.split`) into the trainable parameters (a filter, e.g.
+`UpdateStep` splits the model once (`nnx.split`) into the trainable parameters (a filter, e.g.
 `lora.trainable_filter`) and the frozen rest, and compiles `(trainable, opt_state, counters, frozen,
 batch) -> new state, metrics`, which `nnx.merge`s the model inside. The batch is split into
 micro-batches that a `lax.scan` runs one after another, accumulating the gradient of each
@@ -131,7 +131,7 @@ def _micro_count(batch: Batch, micro_batch_size: int) -> int:
 
 # ---------------------------------------------------------------- the step
 
-class TrainStep:
+class UpdateStep:
     """A jitted optimizer step of `loss_fn` for `model`'s graph; call it as `state, metrics = step(state, batch, key)`.
 
     `trainable` picks the parameters that get gradients (default every `nnx.Param`); `mesh` places
@@ -183,7 +183,7 @@ class TrainStep:
         """
         graphdef, params, frozen = nnx.split(model, self.trainable, ...)
         if graphdef != self.graphdef:
-            raise ValueError("TrainStep.init: the model's structure differs from the one the step was built for")
+            raise ValueError("UpdateStep.init: the model's structure differs from the one the step was built for")
         if copy:
             params = jax.tree.map(jnp.copy, params)
         if self.mesh is None:  # two distinct counters: both are donated

@@ -35,8 +35,9 @@ run does: the same global batches, the same samples, the same rewards and update
   plan (`data.pipeline.BatchPlan`: batches of one image size each) depends on the records, the
   seed and the global batch size only, so steps, schedule and epochs are the same on any number
   of processes and any mesh. Vision plans are cached per (image grid, image count).
-* Device work takes the global batch: update batches become global arrays split over the
-  mesh's batch axes (`distributed.shard_batch`), the rollout's prompts go in as host arrays.
+* Device work takes the global batch: GRPO's update rows are built on device from the rollout's
+  own (global) arrays, other update entries become global arrays split over the mesh's batch axes
+  (`distributed.Placement`, `shard_batch`), the rollout's prompts go in as host arrays.
   Sampling draws with `fold_in(key, step)` over the whole `[rows, vocab]` block with JAX's
   partitionable threefry, so a row's tokens do not depend on how rows are laid out on devices.
 * The host reads device results with `distributed.fetch`: every process gets all rollout rows,
@@ -81,7 +82,7 @@ from jaxbiqa.rewards import build_reward, reward_specs
 from jaxbiqa.rl import batches
 from jaxbiqa.rl.grpo_step import GRPOStep, dropout_key
 from jaxbiqa.rl.metrics_log import MetricsLogger
-from jaxbiqa.rl.step import TrainState, TrainStep, grpo_loss
+from jaxbiqa.rl.step import TrainState, UpdateStep, grpo_loss
 from jaxbiqa.rollout import Rollout
 from jaxbiqa.sft.loss import sft_loss
 from jaxbiqa.sft.warm_start import WarmStartStep
@@ -214,8 +215,8 @@ class Trainer:
     def _trainable(self, optim):
         return trainable_filter(lora=self.config.model.lora_rank > 0, freeze_vision=optim.freeze_vision)
 
-    def _update(self, model, loss, optim, updates: int) -> TrainStep:
-        return TrainStep(model, loss, optim, max(updates, 1), trainable=self._trainable(optim),
+    def _update(self, model, loss, optim, updates: int) -> UpdateStep:
+        return UpdateStep(model, loss, optim, max(updates, 1), trainable=self._trainable(optim),
                          mesh=self.placement.mesh, rules=self.placement.rules,
                          logprob_chunk_size=self.config.grpo.logprob_chunk_size)
 
@@ -351,7 +352,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ stage 2: GRPO
 
-    def _grpo_update(self, model) -> TrainStep:
+    def _grpo_update(self, model) -> UpdateStep:
         config = self.config
         loss = grpo_loss(config.grpo)
         if self.train.train_pass2:
@@ -391,11 +392,11 @@ class Trainer:
         reference's non-adapter parameters are reloaded from there on resume, not stored."""
         return self.config.sft.steps == 0 and has_weights(resolve_model_path(self.config.model.path))
 
-    def _reference(self, update: TrainStep, state: TrainState, checkpointer: Checkpointer,
+    def _reference(self, update: UpdateStep, state: TrainState, checkpointer: Checkpointer,
                    resumed: bool) -> nnx.State:
         """The reference policy's trainable-shaped parameters: the policy as GRPO starts (the
         frozen part is `state.frozen`). LoRA adapters are zeros; any other trainable parameters are
-        their values at the start of GRPO: `TrainStep.reference_params` when it starts (saved once
+        their values at the start of GRPO: `UpdateStep.reference_params` when it starts (saved once
         as `<checkpoints>/reference` unless `model.path` holds them), rebuilt from there on resume."""
         from_model = self._reference_from_model_path()
         if not resumed:
@@ -418,7 +419,7 @@ class Trainer:
                                         "grpo.beta > 0 needs the reference policy saved there as GRPO started")
         return nnx.merge_state(jax.tree.map(jnp.zeros_like, adapters), rest)
 
-    def _initial_params(self, update: TrainStep, like: nnx.State) -> nnx.State:
+    def _initial_params(self, update: UpdateStep, like: nnx.State) -> nnx.State:
         """The non-adapter trainable parameters of the policy as `build_policy` loads it, placed
         and structured like `like` (the same parameters of the train state)."""
         model = build_policy(self.config.model, seed=self.config.seed, mesh=self.placement.mesh,

@@ -3,7 +3,7 @@
 The batch is the GRPO step's layout (`jaxbiqa.rl.step.pack_batch`): left-padded prompt tokens then
 right-padded completion tokens, `completion_mask [B, C]` on the reference completion (its closing
 EOS included). The loss is the mean negative log-likelihood over every completion token of the
-batch, computed with the chunked log-probs and run by the same jitted `TrainStep` (micro-batch
+batch, computed with the chunked log-probs and run by the same jitted `UpdateStep` (micro-batch
 accumulation, optimizer, non-finite guard) as GRPO.
 """
 

@@ -18,19 +18,19 @@ from jaxbiqa.distributed import Placement
 from jaxbiqa.parse import split_caption
 from jaxbiqa.rl import batches
 from jaxbiqa.rl.references import reference_completion
-from jaxbiqa.rl.step import ROW_AXIS, TrainState, TrainStep
+from jaxbiqa.rl.step import ROW_AXIS, TrainState, UpdateStep
 from jaxbiqa.rollout import Rollout
 
 
 class WarmStartStep:
     """`step(state, data, key) -> (state, record)` for one global data batch.
 
-    `update` is the SFT `TrainStep`; `encode` tokenizes without special tokens; `render` is the
+    `update` is the SFT `UpdateStep`; `encode` tokenizes without special tokens; `render` is the
     pass-2 prompt of a caption (`Processor.pass2_text`); `dropout_key` maps the step key to the
     dropout key (None without dropout).
     """
 
-    def __init__(self, config: Config, *, rollout: Rollout, update: TrainStep, placement: Placement,
+    def __init__(self, config: Config, *, rollout: Rollout, update: UpdateStep, placement: Placement,
                  plans: batches.VisionPlans, encode: Callable[[str], list[int]], render: Callable[[str], str],
                  eos_ids: Sequence[int], pass2: bool, dropout_key: Callable[[jax.Array], jax.Array | None]):
         self.config, self.rollout, self.update, self.placement, self.plans = config, rollout, update, placement, plans

@@ -18,7 +18,7 @@ from jaxbiqa.cli import main
 from jaxbiqa.config import OptimSection, load_config
 from jaxbiqa.eval.policy import CheckpointError, find_checkpoint, load_policy
 from jaxbiqa.models.build import build_policy
-from jaxbiqa.rl.step import TrainStep
+from jaxbiqa.rl.step import UpdateStep
 from jaxbiqa.sft import sft_loss
 
 
@@ -38,7 +38,7 @@ def run_dir(tiny):
     run = root / "run"
     config = load_config(None, [*sets, f"output_dir={run}"])
     model = build_policy(config.model, seed=7)  # not the config's seed: a restore must not fall back on it
-    step_fn = TrainStep(model, sft_loss(), OptimSection(), 10)
+    step_fn = UpdateStep(model, sft_loss(), OptimSection(), 10)
     state = step_fn.init(model, copy=True)
     doubled = state._replace(params=jax.tree.map(lambda x: x * 2 if x.ndim == 2 else x, state.params))
     run.mkdir()

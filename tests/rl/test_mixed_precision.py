@@ -8,7 +8,7 @@ from tiny_models import grpo_batch, random_model, tiny_config
 
 from jaxbiqa.config import ConfigError, load_config
 from jaxbiqa.models.qwen2_5_vl import trainable_filter
-from jaxbiqa.rl.step import TrainStep, grpo_loss
+from jaxbiqa.rl.step import UpdateStep, grpo_loss
 
 RECIPE = load_config("humaniqa")
 
@@ -19,7 +19,7 @@ def _update(param_dtype: str, dtype: str) -> dict:
     config = tiny_config().replace(param_dtype=param_dtype, dtype=dtype, remat=model_section.remat,
                                    scan_layers=model_section.scan_layers)
     model = random_model(config)
-    step = TrainStep(model, grpo_loss(RECIPE.grpo), RECIPE.optim, total_steps=10,
+    step = UpdateStep(model, grpo_loss(RECIPE.grpo), RECIPE.optim, total_steps=10,
                      trainable=trainable_filter(lora=False, freeze_vision=RECIPE.optim.freeze_vision))
     state = step.init(model)
     before = {path: np.asarray(v.get_value(), np.float64) for path, v in nnx.to_flat_state(state.params)}

@@ -12,7 +12,7 @@ from tiny_models import EOS, PAD, grpo_batch, random_model, tiny_config
 from jaxbiqa.config import GRPOSection, OptimSection
 from jaxbiqa.models.qwen2_5_vl import LoraConfig, get_rope_index, text_positions, trainable_filter, vision_plan
 from jaxbiqa.rl.losses import finish
-from jaxbiqa.rl.step import TrainStep, completion_logprobs, grpo_loss, make_schedule, pack_batch
+from jaxbiqa.rl.step import UpdateStep, completion_logprobs, grpo_loss, make_schedule, pack_batch
 from jaxbiqa.sharding import make_mesh
 
 GRPO = GRPOSection(beta=0.04, clip_epsilon_high=0.28)
@@ -38,7 +38,7 @@ def model():
 @pytest.fixture(scope="module")
 def full_step(model):
     """Full fine-tuning with the vision tower frozen (text batches do not reach it)."""
-    return TrainStep(model, grpo_loss(GRPO), OPTIM, total_steps=10, trainable=TEXT_ONLY)
+    return UpdateStep(model, grpo_loss(GRPO), OPTIM, total_steps=10, trainable=TEXT_ONLY)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_update_is_clipped_adamw_of_the_full_batch_gradient(full_step, model, ba
 
 
 def test_micro_batching_gives_the_same_update(full_step, model, batch):
-    micro = TrainStep(model, grpo_loss(GRPO), OptimSection(**{**OPTIM.__dict__, "micro_batch_size": 2}), 10,
+    micro = UpdateStep(model, grpo_loss(GRPO), OptimSection(**{**OPTIM.__dict__, "micro_batch_size": 2}), 10,
                       trainable=TEXT_ONLY)
     a, b = full_step.init(model, copy=True), micro.init(model, copy=True)
     for seed in range(2):
@@ -90,7 +90,7 @@ def test_micro_batching_gives_the_same_update(full_step, model, batch):
             assert float(ma[name]) == pytest.approx(float(mb[name]), rel=1e-5, abs=1e-7), name
     _assert_same(_params(a), _params(b), atol=1e-6)
     with pytest.raises(ValueError, match="micro_batch_size must divide"):
-        TrainStep(model, grpo_loss(GRPO), OptimSection(micro_batch_size=3), 10,
+        UpdateStep(model, grpo_loss(GRPO), OptimSection(micro_batch_size=3), 10,
                   trainable=TEXT_ONLY)(micro.init(model, copy=True), batch)
 
 
@@ -127,7 +127,7 @@ def test_no_recompilation_and_non_finite_steps_are_skipped(full_step, model, bat
 
 def test_mesh_gives_the_single_device_update_without_recompiling(full_step, model, batch):
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    sharded = TrainStep(model, grpo_loss(GRPO), OptimSection(**{**OPTIM.__dict__, "micro_batch_size": 4}), 10,
+    sharded = UpdateStep(model, grpo_loss(GRPO), OptimSection(**{**OPTIM.__dict__, "micro_batch_size": 4}), 10,
                         trainable=TEXT_ONLY, mesh=mesh)
     a, b = full_step.init(model, copy=True), sharded.init(model, copy=True)
     for seed in range(3):
@@ -144,7 +144,7 @@ def test_mesh_gives_the_single_device_update_without_recompiling(full_step, mode
 
 def test_lora_trains_adapters_only_and_the_reference_is_the_base_model(full_step, model, batch):
     lora_model = random_model(tiny_config(lora=LoraConfig(rank=4, alpha=8.0, dropout=0.0)))  # same base weights
-    step = TrainStep(lora_model, grpo_loss(GRPO), OptimSection(learning_rate=1e-2), 10,
+    step = UpdateStep(lora_model, grpo_loss(GRPO), OptimSection(learning_rate=1e-2), 10,
                      trainable=trainable_filter(lora=True, freeze_vision=True))
     state = step.init(lora_model)
     assert {p[-1] for p, _ in nnx.to_flat_state(state.params)} == {"lora_a", "lora_b"}

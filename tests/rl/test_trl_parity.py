@@ -12,7 +12,7 @@ from tiny_models import EOS, PAD, VOCAB, random_model, tiny_config
 
 from jaxbiqa.config import GRPOSection, OptimSection
 from jaxbiqa.models.qwen2_5_vl import trainable_filter
-from jaxbiqa.rl.step import TrainStep, grpo_loss, pack_batch
+from jaxbiqa.rl.step import UpdateStep, grpo_loss, pack_batch
 
 torch = pytest.importorskip("torch")
 trl = pytest.importorskip("trl")
@@ -88,7 +88,7 @@ def _trainer(torch_model, loss_type: str, options: GRPOSection):
 def scorer(models):
     """Completion log-probs of the jaxbiqa model (one compilation for the module)."""
     model = models[0]
-    step = TrainStep(model, grpo_loss(GRPOSection()), OptimSection(), 1, trainable=TEXT_ONLY)
+    step = UpdateStep(model, grpo_loss(GRPOSection()), OptimSection(), 1, trainable=TEXT_ONLY)
     _, params, frozen = nnx.split(model, TEXT_ONLY, ...)
     return lambda batch: np.asarray(step.logprobs(params, frozen, batch))
 
@@ -177,7 +177,7 @@ def test_one_update_equals_trl_with_torch_adamw(models, scorer):
     trainer.optimizer.step()
     updated = {name: p.detach().numpy() for name, p in trainer.model.named_parameters()}
 
-    step = TrainStep(model, grpo_loss(options), OptimSection(learning_rate=1e-3, weight_decay=0.0, max_grad_norm=1.0),
+    step = UpdateStep(model, grpo_loss(options), OptimSection(learning_rate=1e-3, weight_decay=0.0, max_grad_norm=1.0),
                      total_steps=10, trainable=TEXT_ONLY)
     state, metrics = step(step.init(model, copy=True), batch)
     assert int(metrics["skipped"]) == 0

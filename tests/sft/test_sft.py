@@ -12,7 +12,7 @@ from flax import nnx
 from jaxbiqa.config import OptimSection
 from jaxbiqa.models.qwen2_5_vl import trainable_filter
 from jaxbiqa.processing import pad_rows
-from jaxbiqa.rl.step import TrainStep, pack_batch
+from jaxbiqa.rl.step import UpdateStep, pack_batch
 from jaxbiqa.sft import sft_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rl"))
@@ -64,7 +64,7 @@ def test_loss_is_mean_nll_of_completion_tokens():
 def test_sft_lowers_the_loss_on_a_fixed_batch():
     model = random_model(tiny_config(), scale=0.05)
     optim, steps = OptimSection(learning_rate=3e-3, schedule="constant", freeze_vision=True, micro_batch_size=4), 40
-    step = TrainStep(model, sft_loss(8), optim, steps, trainable=trainable_filter(lora=False, freeze_vision=True),
+    step = UpdateStep(model, sft_loss(8), optim, steps, trainable=trainable_filter(lora=False, freeze_vision=True),
                      logprob_chunk_size=8)
     assert all(p[0] != "visual" for p, _ in nnx.to_flat_state(step.init(model, copy=True).params))
     batch = sft_batch(*_examples(8), prompt_length=5, completion_length=6)
