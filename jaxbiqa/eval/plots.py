@@ -245,6 +245,16 @@ def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(values, np.ones(window) / window, mode="valid")
 
 
+def _stage_of(record: Mapping[str, object], stage_key: str) -> str | None:
+    value = record.get(stage_key)
+    return value if isinstance(value, str) else None
+
+
+def _stages(records: Sequence[Mapping[str, object]], stage_key: str) -> list[str | None]:
+    """The records' stages in order of first appearance."""
+    return list(dict.fromkeys(_stage_of(r, stage_key) for r in records))
+
+
 @dataclasses.dataclass(frozen=True)
 class StageSeries:
     """One stage's line in a `training_figure` panel."""
@@ -260,13 +270,9 @@ def training_panel(records: Sequence[Mapping[str, object]], name: str, *, smooth
     """The lines of metric `name` (flattened records), one per value of their string `stage_key`
     in order of appearance; stages without the metric are left out."""
     records = [_flatten(r) for r in records]
-
-    def stage_of(record: Mapping[str, object]) -> str | None:
-        return record.get(stage_key) if isinstance(record.get(stage_key), str) else None
-
     lines = []
-    for stage in dict.fromkeys(stage_of(r) for r in records):
-        steps, values = metric_series([r for r in records if stage_of(r) == stage], name)
+    for stage in _stages(records, stage_key):
+        steps, values = metric_series([r for r in records if _stage_of(r, stage_key) == stage], name)
         if values.size:
             smoothed = ((steps[smooth - 1:], _moving_average(values, smooth)) if smooth > 1 and values.size > smooth
                         else None)
@@ -285,7 +291,7 @@ def training_figure(records: Sequence[Mapping[str, object]], *, metrics: Sequenc
     if not names:
         raise ValueError("the training log has no numeric metrics besides step")
     fig, axes = _figure(len(names))
-    stages = list(dict.fromkeys(r.get(stage_key) if isinstance(r.get(stage_key), str) else None for r in records))
+    stages = _stages(records, stage_key)
     for ax, name in zip(axes, names):
         for line in training_panel(records, name, smooth=smooth, stage_key=stage_key):
             colour = f"C{stages.index(line.stage)}"

@@ -1,4 +1,5 @@
-"""Update batches of the two training stages, assembled on the host from data batches and rollouts.
+"""Update batches of the two training stages: the warm start's assembled on the host from data
+batches, GRPO's built on device from the rollout's own arrays (`grpo_pass1`, `grpo_pass2`).
 
 Both stages feed `rl.step.UpdateStep` batches in its layout (`pack_batch`: left-padded prompt,
 right-padded completion, `completion_mask`), with fixed shapes so each compiles once:

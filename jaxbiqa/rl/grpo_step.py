@@ -32,7 +32,7 @@ from jaxbiqa.distributed import Placement
 from jaxbiqa.rewards import parse_ratings
 from jaxbiqa.rl import batches
 from jaxbiqa.rl.losses import group_advantages
-from jaxbiqa.rl.step import ROW_AXIS, TrainState, UpdateStep
+from jaxbiqa.rl.step import ROW_AXIS, TrainState, UpdateStep, dropout_key
 from jaxbiqa.rollout import Rollout, sampler
 
 
@@ -49,11 +49,6 @@ def _stats(prefix: str, values: np.ndarray) -> dict[str, float]:
     values = np.asarray(values, np.float64)
     return {f"{prefix}_mean": float(values.mean()), f"{prefix}_std": float(values.std()),
             f"{prefix}_min": float(values.min()), f"{prefix}_max": float(values.max())}
-
-
-def dropout_key(config: Config, key: jax.Array) -> jax.Array | None:
-    """`key` when the model has LoRA dropout to draw, else None."""
-    return key if config.model.lora_rank > 0 and config.model.lora_dropout > 0 else None
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -21,7 +21,6 @@ fill the data-parallel devices (micro_batch_size divisible by data x fsdp).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -33,7 +32,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxbiqa.config import GRPOSection, OptimSection
+from jaxbiqa.config import Config, GRPOSection, OptimSection
+from jaxbiqa.distributed import Placement
 from jaxbiqa.models.qwen2_5_vl import text_positions, token_logprobs
 from jaxbiqa.rl.losses import LossTerms, completion_mask, finish, grpo_objective
 from jaxbiqa.sharding import DEFAULT_RULES, LogicalRules, constrain, sharding_for, state_shardings
@@ -127,6 +127,11 @@ def _micro_count(batch: Batch, micro_batch_size: int) -> int:
         raise ValueError(f"batch of {rows} rows does not split into micro-batches of {micro_batch_size} "
                          f"(optim.micro_batch_size must divide the batch)")
     return rows // micro_batch_size
+
+
+def dropout_key(config: Config, key: jax.Array) -> jax.Array | None:
+    """`key` when the model has LoRA dropout to draw, else None."""
+    return key if config.model.lora_rank > 0 and config.model.lora_dropout > 0 else None
 
 
 # ---------------------------------------------------------------- the step
@@ -328,7 +333,7 @@ class UpdateStep:
         return out
 
     def _mesh_context(self):
-        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+        return Placement(self.mesh, self.rules).scope()
 
 
 # ---------------------------------------------------------------- GRPO and the completion log-probs

@@ -80,7 +80,7 @@ from jaxbiqa.models.build import abstract_policy, build_policy, build_processor,
 from jaxbiqa.models.qwen2_5_vl import save_pretrained, trainable_filter
 from jaxbiqa.rewards import build_reward, reward_specs
 from jaxbiqa.rl import batches
-from jaxbiqa.rl.grpo_step import GRPOStep, dropout_key
+from jaxbiqa.rl.grpo_step import GRPOStep
 from jaxbiqa.rl.metrics_log import MetricsLogger
 from jaxbiqa.rl.step import TrainState, UpdateStep, grpo_loss
 from jaxbiqa.rollout import Rollout
@@ -337,10 +337,9 @@ class Trainer:
             log.info("resumed the warm start at step %d", start)
         else:
             state = update.init(model)
-        warm_start = WarmStartStep(self.config, rollout=self.rollout, update=update, placement=self.placement,
-                                   plans=self.plans, encode=self._encode, render=self.processor.pass2_text,
-                                   eos_ids=self.eos_ids, pass2=self.sft_pass2,
-                                   dropout_key=functools.partial(dropout_key, self.config))
+        warm_start = WarmStartStep(self.config, model=model, rollout=self.rollout, update=update,
+                                   placement=self.placement, plans=self.plans, encode=self._encode,
+                                   render=self.processor.pass2_text, eos_ids=self.eos_ids, pass2=self.sft_pass2)
 
         def step(state, data, index, key):
             return (*warm_start(state, data, key), None)

@@ -18,28 +18,28 @@ from jaxbiqa.distributed import Placement
 from jaxbiqa.parse import split_caption
 from jaxbiqa.rl import batches
 from jaxbiqa.rl.references import reference_completion
-from jaxbiqa.rl.step import ROW_AXIS, TrainState, UpdateStep
+from jaxbiqa.rl.step import ROW_AXIS, TrainState, UpdateStep, dropout_key
 from jaxbiqa.rollout import Rollout
 
 
 class WarmStartStep:
     """`step(state, data, key) -> (state, record)` for one global data batch.
 
+    `model` gives the structure the rows are laid out for (its config; abstract is enough);
     `update` is the SFT `UpdateStep`; `encode` tokenizes without special tokens; `render` is the
-    pass-2 prompt of a caption (`Processor.pass2_text`); `dropout_key` maps the step key to the
-    dropout key (None without dropout).
+    pass-2 prompt of a caption (`Processor.pass2_text`).
     """
 
-    def __init__(self, config: Config, *, rollout: Rollout, update: UpdateStep, placement: Placement,
+    def __init__(self, config: Config, *, model, rollout: Rollout, update: UpdateStep, placement: Placement,
                  plans: batches.VisionPlans, encode: Callable[[str], list[int]], render: Callable[[str], str],
-                 eos_ids: Sequence[int], pass2: bool, dropout_key: Callable[[jax.Array], jax.Array | None]):
-        self.config, self.rollout, self.update, self.placement, self.plans = config, rollout, update, placement, plans
+                 eos_ids: Sequence[int], pass2: bool):
+        self.config, self.model, self.rollout, self.update = config, model, rollout, update
+        self.placement, self.plans = placement, plans
         self.encode, self.render, self.eos_ids, self.pass2 = encode, render, tuple(eos_ids), pass2
-        self.dropout_key = dropout_key
 
-    def batch(self, model, data: Mapping[str, np.ndarray]) -> tuple[dict, dict, int]:
+    def batch(self, data: Mapping[str, np.ndarray]) -> tuple[dict, dict, int]:
         """(update rows, unsplit entries, completions cut) of a data batch."""
-        rollout = self.rollout
+        rollout, model = self.rollout, self.model
         prompts = batches.prompt_batch(lambda *a: rollout.prepare(model, *a), data)
         completions = [reference_completion(r) for r in batches.record_rows(data)]
         ids, valid, cut = batches.encode_completions(completions, self.encode, self.eos_ids[0],
@@ -65,8 +65,8 @@ class WarmStartStep:
 
     def __call__(self, state: TrainState, data: Mapping[str, np.ndarray],
                  key: jax.Array) -> tuple[TrainState, dict[str, Any]]:
-        batch, unsplit, cut = self.batch(self.update.model(state), data)
-        state, metrics = self.update(state, self.placement.global_batch(batch, ROW_AXIS), self.dropout_key(key),
+        batch, unsplit, cut = self.batch(data)
+        state, metrics = self.update(state, self.placement.global_batch(batch, ROW_AXIS), dropout_key(self.config, key),
                                      unsplit)
         tokens = int(np.sum(batch["attention_mask"])) + int(np.sum(batch.get("pass2_attention_mask", 0)))
         record = {**{k: float(v) for k, v in distributed.fetch(metrics).items()}, "completions_cut": cut,
