@@ -17,10 +17,15 @@ once as GRPO starts, in `<checkpoints>/reference` (`Checkpointer.save_item`), an
 
 Checkpoints (`config.checkpoint`, under `<output_dir>/checkpoints`): the stage's train state, the
 RNG key, the data iterator position and the resolved config (beside them, once: the reference), every
-`save_interval_steps` steps, at the end of each stage and on SIGTERM (saved after the current
-step, then `run` returns `preempted`). Steps count both stages: 1..S are warm-start steps, S+1..
-are GRPO rollouts, so a checkpoint's step says which state it holds. Randomness: step k uses
-`fold_in(key, k)`, so a resumed run draws what the uninterrupted one would have.
+`save_interval_steps` steps or `save_interval_minutes`, at the end of each stage and on SIGTERM or
+SIGINT (saved after the current step, then `run` returns `preempted`; a signal during the export or
+the final evaluation stops the run there, the checkpoints being complete). Steps count both stages:
+1..S are warm-start steps, S+1.. are GRPO rollouts, so a checkpoint's step says which state it
+holds. Randomness: step k uses `fold_in(key, k)`, so a resumed run draws what the uninterrupted one
+would have. Resuming uses the latest step (or `resume_step`); a latest step that cannot be read is
+reported, set aside (`<step>.unreadable`) and the run resumes from the one before it; steps after a
+chosen `resume_step` are set aside as `<step>.superseded`. The logs are cut back to the resumed
+step, so every step appears once. `output_dir` may be local or `gs://...` (`jaxbiqa.paths`).
 
 At the end: the policy as a Hugging Face checkpoint (`<output_dir>/policy`, LoRA merged, with the
 tokenizer) and the evaluation hook (`jaxbiqa.eval.evaluate` with `config.eval`, `<output_dir>/eval/`).
@@ -61,7 +66,6 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -71,13 +75,14 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxbiqa import distributed
-from jaxbiqa.checkpoint import Checkpointer, PreemptionGuard, restore_target
+from jaxbiqa.checkpoint import Checkpointer, PreemptionGuard, UnreadableCheckpoint, restore_target
 from jaxbiqa.config import Config, TrainSection, check_master_weights, eval_settings, to_dict
 from jaxbiqa.data.pipeline import Pass1Preprocess, batches_per_epoch, make_pipeline, per_shard, shard_options
 from jaxbiqa.distributed import Placement
 from jaxbiqa.eval.evaluate import METRICS_FILE, PREDICTIONS_FILE, evaluate
 from jaxbiqa.models.build import abstract_policy, build_policy, build_processor, has_weights, resolve_model_path
 from jaxbiqa.models.qwen2_5_vl import save_pretrained, trainable_filter
+from jaxbiqa.paths import as_path, atomic_write, remove_leftovers
 from jaxbiqa.rewards import build_reward, reward_specs
 from jaxbiqa.rl import batches
 from jaxbiqa.rl.grpo_step import GRPOStep
@@ -101,7 +106,7 @@ REFERENCE_ITEM = "reference"  # <checkpoints>/reference: the reference policy, w
 @dataclasses.dataclass
 class TrainResult:
     step: int                       # the last step done (both stages counted)
-    preempted: bool                 # stopped by SIGTERM after saving; resume with `resume=True`
+    preempted: bool                 # stopped by SIGTERM / SIGINT after saving; resume with `resume=True`
     eval: dict[str, dict] = dataclasses.field(default_factory=dict)  # "sft" / "final" -> evaluate() output
     policy_dir: str | None = None
 
@@ -135,7 +140,7 @@ class Trainer:
         self.config = config
         self.train = train or config.train
         self.placement = Placement(mesh, rules)
-        self.output_dir = Path(config.output_dir)
+        self.output_dir = as_path(config.output_dir)
         self.main_process = jax.process_index() == 0
         if jax.process_count() > 1:
             if mesh is None:
@@ -222,22 +227,56 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
 
-    def run(self, resume: bool = False) -> TrainResult:
-        config, train = self.config, self.train
+    def run(self, resume: bool = False, resume_step: int | None = None) -> TrainResult:
+        """The whole run; with `resume`, from the latest checkpoint (or `resume_step`)."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        checkpointer = Checkpointer.from_section(config.checkpoint, self.output_dir)
+        if self.main_process:
+            remove_leftovers(self.output_dir)
+        checkpointer = Checkpointer.from_section(self.config.checkpoint, self.output_dir)
+        try:
+            start = self._resume_step(checkpointer, resume, resume_step)
+            try:
+                return self._run(checkpointer, start, resume)
+            except UnreadableCheckpoint as error:
+                earlier = [step for step in checkpointer.all_steps() if step < error.step]
+                if error.step != start or not earlier:
+                    raise
+                log.warning("%s: set aside as %d.unreadable; resuming from step %d", error, error.step, earlier[-1])
+                checkpointer.set_aside(error.step, "unreadable")
+                return self._run(checkpointer, earlier[-1], resume)
+        finally:
+            checkpointer.close()
+
+    def _resume_step(self, checkpointer: Checkpointer, resume: bool, resume_step: int | None) -> int:
+        """The step the run starts after: 0 for a fresh run, else the latest (or `resume_step`)."""
         latest = checkpointer.latest_step()
-        if latest is not None and not resume:
-            raise FileExistsError(f"{checkpointer.directory} already holds checkpoints (latest step {latest}): "
-                                  "resume with --resume, or choose another output_dir")
+        if not resume:
+            if resume_step is not None:
+                raise ValueError("resume_step needs resume=True (train --resume --resume-step N)")
+            if latest is not None:
+                raise FileExistsError(f"{checkpointer.directory} already holds checkpoints (latest step {latest}): "
+                                      "resume with --resume, or choose another output_dir")
+            return 0
+        if resume_step is None:
+            return latest or 0
+        if resume_step not in checkpointer.all_steps():
+            raise FileNotFoundError(f"no checkpoint for step {resume_step} in {checkpointer.directory} "
+                                    f"(have {checkpointer.all_steps()})")
+        for later in [step for step in checkpointer.all_steps() if step > resume_step]:
+            checkpointer.set_aside(later, "superseded")  # else the resumed run could not save these steps
+            log.warning("resuming from step %d: set aside step %d as %d.superseded", resume_step, later, later)
+        return resume_step
+
+    def _run(self, checkpointer: Checkpointer, start: int, resume: bool) -> TrainResult:
+        config, train = self.config, self.train
         self._check_saved_config(resume)
         sft_steps, total = config.sft.steps, self.total_steps()
-        start = latest or 0
         result = TrainResult(step=start, preempted=False)
         logger = MetricsLogger(self.output_dir, total_steps=total, initial_step=min(start, total),
                                tensorboard=train.tensorboard, progress=train.progress, enabled=self.main_process)
+        guard = PreemptionGuard(enabled=config.checkpoint.save_on_preemption)
         try:
-            with PreemptionGuard() as guard:
+            with guard:
                 # resuming: the structure is enough, the checkpoint has the values
                 model = (abstract_policy(config.model, seed=config.seed) if start
                          else build_policy(config.model, seed=config.seed, mesh=self.placement.mesh,
@@ -245,26 +284,34 @@ class Trainer:
                 self.plans = batches.VisionPlans(model.config.vision)
                 self.rollout = Rollout.from_processor(config.rollout, self.processor, model.config.text.vocab_size)
                 if sft_steps and start <= sft_steps:
-                    model, step, stopped = self._warm_start(model, checkpointer, logger, guard, start)
-                    result.step = step
-                    if stopped:
-                        result.preempted = True
+                    model, result.step, result.preempted = self._warm_start(model, checkpointer, logger, guard, start)
+                    if result.preempted:
                         return result
                     if train.eval_after_sft:
-                        result.eval["sft"] = self._evaluate(model, logger, sft_steps, "sft")
-                model, step, stopped = self._grpo(model, checkpointer, logger, guard, start)
-                result.step = step
-                if stopped:
-                    result.preempted = True
+                        result.eval["sft"] = self._evaluate(model, logger, sft_steps, "sft", guard.should_stop)
+                model, result.step, result.preempted = self._grpo(model, checkpointer, logger, guard, start)
+                if result.preempted:
                     return result
+                # a signal now, during the export or the evaluation ends the run there: the
+                # checkpoints are complete and a resumed run does the rest
+                self._check_signal(guard, "the export")
                 result.policy_dir = self._export(model)
                 if train.eval_at_end:
-                    result.eval["final"] = self._evaluate(model, logger, step, "final")
+                    self._check_signal(guard, "the final evaluation")
+                    result.eval["final"] = self._evaluate(model, logger, result.step, "final", guard.should_stop)
                 self._write_summary(result)
+        except InterruptedError as stop:
+            log.warning("%s after step %d (%s); its checkpoint is complete: resume with --resume",
+                        guard.received or "signal", result.step, stop)
+            result.preempted = True
         finally:
-            checkpointer.close()
             logger.close()
         return result
+
+    @staticmethod
+    def _check_signal(guard: PreemptionGuard, before: str) -> None:
+        if guard.should_stop():
+            raise InterruptedError(f"stopped before {before}")
 
     def _check_saved_config(self, resume: bool) -> None:
         path = self.output_dir / CONFIG_FILE
@@ -276,7 +323,7 @@ class Trainer:
                 log.warning("resuming with a config that differs from the saved one in %s; the run is exact "
                             "only with the same config", ", ".join(changed))
         if self.main_process:
-            path.write_text(json.dumps(current, indent=2) + "\n")
+            atomic_write(path, json.dumps(current, indent=2) + "\n")
 
     def _run_stage(self, stage: Stage, state: TrainState, checkpointer: Checkpointer, logger: MetricsLogger,
                    guard: PreemptionGuard) -> tuple[TrainState, int, bool]:
@@ -290,6 +337,7 @@ class Trainer:
         def save() -> None:
             checkpointer.save(step, stage.saved(state), key=self.key, data_iterator=stage.iterator, config=config,
                               force=True)
+            logger.sync()
 
         while step < stage.end:
             data = self._next_batch(stage.iterator)
@@ -309,11 +357,11 @@ class Trainer:
                 logger.samples(step, stage.name, samples)
             logger.advance(1, **stage.progress(record))
             stop = guard.should_stop()
-            if step % config.checkpoint.save_interval_steps == 0 or step == stage.end or stop:
+            if checkpointer.due(step) or step == stage.end or stop:
                 save()
             if stop:
                 checkpointer.wait()
-                log.warning("SIGTERM: saved step %d; resume with --resume", step)
+                log.warning("%s: saved step %d; resume with --resume", guard.received or "signal", step)
                 return state, step, True
         if step > stage.start and step not in checkpointer.all_steps():
             save()
@@ -433,14 +481,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ end of run
 
-    def _export(self, model) -> str | None:
+    def _export(self, model) -> str:
         path = self.output_dir / POLICY_DIR
-        save_pretrained(model, path)
-        if self.main_process:
-            self.processor.save_pretrained(path)
+        save_pretrained(model, path, add_files=self.processor.save_pretrained)
         return str(path)
 
-    def _evaluate(self, model, logger: MetricsLogger, step: int, name: str) -> dict[str, Any]:
+    def _evaluate(self, model, logger: MetricsLogger, step: int, name: str,
+                  should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Evaluation of the eval split with `jaxbiqa.eval.evaluate` and `config.eval` into `eval/<name>/`.
 
         Returns the record count, the metrics file and, per dataset, the image-conditioned
@@ -457,8 +504,9 @@ class Trainer:
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.placement.scope())
             folder = (self.output_dir / EVAL_DIR / name if self.main_process
-                      else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jaxbiqa-eval-"))))
-            result = evaluate(model, self.processor, eval_batches, folder, rollout=config.rollout, settings=settings)
+                      else stack.enter_context(tempfile.TemporaryDirectory(prefix="jaxbiqa-eval-")))
+            result = evaluate(model, self.processor, eval_batches, folder, rollout=config.rollout, settings=settings,
+                              should_stop=should_stop)
         datasets = {dataset: {label: entry["columns"][column] for label, column in EVAL_COLUMNS.items()
                               if column in entry["columns"]} | {"gap": entry.get("gap")}
                     for dataset, entry in result.metrics["datasets"].items()}
@@ -483,7 +531,7 @@ class Trainer:
 
     def _write_summary(self, result: TrainResult) -> None:
         if self.main_process:
-            (self.output_dir / SUMMARY_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+            atomic_write(self.output_dir / SUMMARY_FILE, json.dumps(dataclasses.asdict(result), indent=2) + "\n")
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:
