@@ -235,6 +235,10 @@ class RolloutSection:
     # longest caption (in tokens) pass 2 accepts; longer ones are flagged like a missing caption.
     # 0: pass1.max_new_tokens (+ the few tokens a split token can add), i.e. never in practice
     max_caption_tokens: int = 0
+    # the policy the training rollout decodes with (`jaxbiqa.rollout.policy_copy`): a copy in the
+    # compute dtype made after each update, sharded as the update ("training"), over the tensor
+    # axis only ("tensor") or whole on every device ("replicated")
+    policy_layout: Literal["training", "tensor", "replicated"] = "training"
 
     def __post_init__(self):
         if self.max_caption_tokens < 0:
