@@ -104,6 +104,8 @@ class GRPOStep:
             result = self.rollout(decoder, prompts, rollout_key)
         del decoder  # a copy is not kept through the update
         rollout_time = time.perf_counter() - t0
+        if result.interrupted:  # a pre-emption notice: the step is abandoned before any update
+            raise InterruptedError(f"the rollout of step {step} was stopped by a signal")
         records = batches.record_rows(data)
         rows = len(records) * group
 
