@@ -48,14 +48,23 @@ def _env(root: Path) -> dict[str, str]:
 
 
 def _train(root: Path, config: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "jaxbiqa.cli", "train", "--config", str(config), "--quiet", *extra],
-                            env={**_env(root), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=root)
+    # stderr to a file: a pipe nobody reads while the test waits would block a chatty run
+    stderr = open(root / f"{config.stem}{'-'.join(extra)}.err", "w+")
+    process = subprocess.Popen([sys.executable, "-m", "jaxbiqa.cli", "train", "--config", str(config), "--quiet",
+                                *extra], env={**_env(root), **(env or {})}, stdout=subprocess.PIPE, stderr=stderr,
+                               text=True, cwd=root)
+    process.stderr_file = stderr
+    return process
+
+
+def _stderr(process: subprocess.Popen) -> str:
+    process.stderr_file.seek(0)
+    return process.stderr_file.read()
 
 
 def _finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
-    out, err = process.communicate(timeout=timeout)
-    return process.returncode, out, err
+    out, _ = process.communicate(timeout=timeout)
+    return process.returncode, out, _stderr(process)
 
 
 def _fresh(output: Path | str):
@@ -85,11 +94,11 @@ def _wait_for(condition, process: subprocess.Popen, timeout: float = 300) -> Non
     end = time.monotonic() + timeout
     while not condition():
         if process.poll() is not None:
-            _, err = process.communicate()
-            raise AssertionError(f"the run ended (rc {process.returncode}) before the condition held:\n{err[-3000:]}")
+            raise AssertionError(f"the run ended (rc {process.returncode}) before the condition held:\n"
+                                 f"{_stderr(process)[-3000:]}")
         if time.monotonic() > end:
             process.kill()
-            raise AssertionError("timed out waiting for the run")
+            raise AssertionError(f"timed out waiting for the run:\n{_stderr(process)[-3000:]}")
         time.sleep(0.2)
 
 

@@ -352,7 +352,7 @@ class Trainer:
                 if step:
                     save()
                 checkpointer.wait()
-                log.warning("%s; saved step %d; resume with --resume", stop, step)
+                log.warning("%s: %s; saved step %d; resume with --resume", guard.received or "signal", stop, step)
                 return state, step, True
             step += 1
             now = time.perf_counter()
