@@ -281,8 +281,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxbiqa.config import ConfigError
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax reports every checkpoint operation at INFO
     logging.getLogger("jax").setLevel(logging.WARNING)  # e.g. "Unable to initialize backend 'tpu'" on CPU
@@ -291,9 +289,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_demo(args.out, config_name=args.config, overrides=tuple(args.overrides),
                           decoding=args.decoding, progress=not args.no_progress)
-    except ConfigError as err:
-        print(f"jaxbiqa demo: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt as err:
         print(f"jaxbiqa demo: interrupted: {err or 'run `jaxbiqa demo` again to resume'}", file=sys.stderr)
         return 130

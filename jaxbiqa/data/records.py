@@ -35,6 +35,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+from jaxbiqa.config import UserError
+
 log = logging.getLogger("jaxbiqa.data")
 
 OnBad = Literal["raise", "skip"]
@@ -91,7 +93,7 @@ def scale_from_data(values: Iterable[float], lower_is_better: bool = False,
 
 # ---------------------------------------------------------------- bad records
 
-class BadRecordError(ValueError):
+class BadRecordError(UserError):
     """One record that cannot be used; `where` names the file and row (or the record id)."""
 
     def __init__(self, where: str, reason: str):

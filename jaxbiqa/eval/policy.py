@@ -18,8 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxbiqa.checkpoint import Checkpointer
-from jaxbiqa.config import Config, apply_override, from_dict, load_config
-from jaxbiqa.models.build import abstract_policy, build_policy, build_processor, has_weights
+from jaxbiqa.config import Config, UserError, apply_override, from_dict, load_config
+from jaxbiqa.models.build import abstract_policy, build_policy, build_processor, has_weights, weights_source
 
 CHECKPOINTS_DIR = "checkpoints"
 RUN_CONFIG = "config.json"  # the resolved config a training run writes into its output directory
@@ -32,7 +32,7 @@ class Policy(NamedTuple):
     source: dict        # what was loaded: kind, path, step
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A --checkpoint path that cannot be loaded; the message says what was expected."""
 
 
@@ -143,13 +143,13 @@ def load_policy(checkpoint: str | None, config_name: str | None, overrides: Sequ
         config = prepare(config) if prepare else config
         model = build_policy(config.model, seed=config.seed)
         return Policy(model, build_processor(config.model, config.data), config,
-                      {"kind": "config", "path": config.model.path})
+                      weights_source(config.model, config.seed))
     kind, path, found_step = find_checkpoint(checkpoint)
     if kind == "hf":
         if step is not None:
             raise CheckpointError(f"--step applies to orbax checkpoints; {path} is a Hugging Face folder")
         config = load_config(config_name)
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, path=str(path)))
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, path=str(path), init="pretrained"))
         config = _with_overrides(config, overrides)
         model = build_policy(config.model, seed=config.seed)
         return Policy(model, build_processor(config.model, config.data), config, {"kind": "hf", "path": str(path)})

@@ -62,13 +62,15 @@ from typing import Any
 
 import numpy as np
 
+from jaxbiqa.config import UserError
+
 SCORE_COLUMNS = ("overall_score", "reasoning_score", "caption_score")
 COLUMN_LABELS = {"overall_score": "image", "reasoning_score": "caption+think", "caption_score": "caption only"}
 CAPTION_SUFFIX = "_caption"
 _SHARD = re.compile(r"^p(\d+)\.json$")
 
 
-class PredictionFormatError(ValueError):
+class PredictionFormatError(UserError):
     """A prediction file that cannot be read as documented in this module."""
 
 

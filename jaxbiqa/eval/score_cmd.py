@@ -10,7 +10,7 @@ rated with the same compiled two-pass program as `jaxbiqa eval` (one compile per
 decoding: the authors' sampling with seed 42; `--decoding greedy` for argmax). Per image:
 the caption and reasoning of pass 1 and its rating, plus the ratings pass 2 gives from the caption
 alone and from the caption + reasoning. Unreadable images (missing, empty, truncated, not an image)
-are all reported by name before any model is loaded, and the command exits with status 1.
+are all reported by name before any model is loaded, and the command exits with status 2.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from jaxbiqa.config import ConfigError
 from jaxbiqa.data.records import BadRecordError
 from jaxbiqa.demo_assets import resolve_demo_model
 from jaxbiqa.eval.eval_cmd import add_checkpoint_arguments, add_decoding_arguments, settings_from_args
-from jaxbiqa.eval.policy import CheckpointError, load_policy
+from jaxbiqa.eval.policy import load_policy
 from jaxbiqa.eval.predictions import json_safe
 
+USAGE_ERROR = 2  # as `jaxbiqa.cli` reports every user error
 DEMO_RUN = Path("runs") / "demo"  # `jaxbiqa demo`'s output directory
 
 
@@ -124,24 +125,19 @@ def run(args: argparse.Namespace) -> int:
     if errors:
         for message in errors:
             print(f"jaxbiqa score: error: {message}", file=sys.stderr)
-        return 1
+        return USAGE_ERROR
     checkpoint = args.checkpoint
     if checkpoint is None and args.config is None:
         if not DEMO_RUN.is_dir():
-            print(f"jaxbiqa score: error: no model: pass --checkpoint PATH or --config RECIPE (or run `jaxbiqa demo` "
-                  f"first, whose run {DEMO_RUN} is the default)", file=sys.stderr)
-            return 1
+            raise ConfigError(f"no model: pass --checkpoint PATH or --config RECIPE (or run `jaxbiqa demo` first, "
+                              f"whose run {DEMO_RUN} is the default)")
         checkpoint = str(DEMO_RUN)
-    try:
-        policy = load_policy(checkpoint, args.config, args.overrides, step=args.step, prepare=resolve_demo_model)
-        settings = settings_from_args(args, policy.config)
-        if not args.batch_size:  # no padding beyond the images given
-            settings = dataclasses.replace(settings, batch_size=min(settings.batch_size, len(images)))
-        entries = score_images(policy.model, policy.processor, images, args.images, rollout=policy.config.rollout,
-                               data=policy.config.data, settings=settings)
-    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"jaxbiqa score: error: {err}", file=sys.stderr)
-        return 1
+    policy = load_policy(checkpoint, args.config, args.overrides, step=args.step, prepare=resolve_demo_model)
+    settings = settings_from_args(args, policy.config)
+    if not args.batch_size:  # no padding beyond the images given
+        settings = dataclasses.replace(settings, batch_size=min(settings.batch_size, len(images)))
+    entries = score_images(policy.model, policy.processor, images, args.images, rollout=policy.config.rollout,
+                           data=policy.config.data, settings=settings)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(entries, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -106,10 +106,10 @@ def test_eval_of_a_hugging_face_folder_reads_back(tiny, tmp_path, capsys):
 
 
 def test_paths_that_are_not_checkpoints(tmp_path, capsys):
-    assert main(["eval", "--checkpoint", str(tmp_path / "missing")]) == 1
+    assert main(["eval", "--checkpoint", str(tmp_path / "missing")]) == 2
     assert "no such file or directory" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["eval", "--checkpoint", str(tmp_path / "empty")]) == 1
+    assert main(["eval", "--checkpoint", str(tmp_path / "empty")]) == 2
     assert "not a Hugging Face checkpoint" in capsys.readouterr().err
     (tmp_path / "fresh" / "checkpoints").mkdir(parents=True)
     with pytest.raises(CheckpointError, match="has no checkpoint yet"):
@@ -121,5 +121,5 @@ def test_qalign_mode_needs_single_token_level_words(tiny, capsys):
     args = ["eval", "--mode", "qalign", "--no-progress"]
     for assignment in sets:
         args += ["--set", assignment]
-    assert main(args) == 1  # the demo's BPE splits "excellent"
+    assert main(args) == 2  # the demo's BPE splits "excellent"
     assert "quality level 'excellent' is not a single token" in capsys.readouterr().err

@@ -73,7 +73,7 @@ def test_csiq_auto_detection():
 def test_bad_input_exits_with_a_message(tmp_path, capsys):
     (tmp_path / "koniq").mkdir()
     (tmp_path / "koniq" / "p0.json").write_text('[{"image": "a"}]')
-    assert main(["eval-predictions", str(tmp_path / "koniq")]) == 1
+    assert main(["eval-predictions", str(tmp_path / "koniq")]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "p0.json: record 0 (a): missing 'gt_score'" in err
 

@@ -72,7 +72,7 @@ def test_unreadable_images_are_named_before_loading_a_model(photos, tmp_path, ca
     paths = [str(photos[0]), str(tmp_path / "broken.jpg"), str(tmp_path / "empty.png"),
              str(tmp_path / "missing.png"), str(tmp_path / "truncated.png")]
     # no checkpoint given either: the images are checked first, so the errors are about them only
-    assert main(["score", *paths, "--checkpoint", str(tmp_path / "no_such_model")]) == 1
+    assert main(["score", *paths, "--checkpoint", str(tmp_path / "no_such_model")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 4 and all(line.startswith("jaxbiqa score: error: cannot read image ") for line in err)
     assert "broken.jpg: corrupt image" in err[0] and "empty.png: empty file" in err[1]
@@ -83,7 +83,7 @@ def test_unreadable_images_are_named_before_loading_a_model(photos, tmp_path, ca
 
 def test_without_a_model_it_says_how_to_get_one(photos, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no runs/demo here
-    assert main(["score", str(photos[0])]) == 1
+    assert main(["score", str(photos[0])]) == 2
     assert "no model: pass --checkpoint PATH or --config RECIPE" in capsys.readouterr().err
 
 

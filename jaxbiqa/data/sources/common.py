@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from jaxbiqa.config import UserError
 from jaxbiqa.data.records import (
     MOS_SCALES, BadRecordError, MosScale, RecordGuard, check_unique_ids, log, make_record, scale_from_data,
 )
@@ -22,7 +23,7 @@ ScaleArg = MosScale | Literal["table", "data"]
 SPLIT_ALIASES = {"training": "train", "testing": "test", "validation": "val", "valid": "val"}
 
 
-class LabelFileError(ValueError):
+class LabelFileError(UserError):
     """A label or split file that cannot be read at all (missing, malformed, wrong columns)."""
 
 
