@@ -99,12 +99,13 @@ def _build(args: argparse.Namespace) -> int:
     options = _reader_options(args)
     report = options["report"]
     records = read_source(args.source, args.root, **options)
-    path, build_report = build_tfds(records, args.out, args.name or args.source, on_bad=args.on_bad_record,
-                                    verify_images=not args.no_verify)
-    for label, rep in (("labels", report), ("images", build_report)):
+    built = build_tfds(records, args.out, args.name or args.source, on_bad=args.on_bad_record,
+                       verify_images=not args.no_verify)
+    for label, rep in (("labels", report), ("images", built.report)):
         if len(rep):
             print(rep.summary(label), file=sys.stderr)
-    print(json.dumps({"path": str(path), **summarise(records)}, indent=1))
+    skipped = {"labels": len(report), "images": len(built.report)}  # bad label rows; records with a bad image
+    print(json.dumps({"path": str(built.path), **summarise(built.written), "skipped": skipped}, indent=1))
     return 0
 
 

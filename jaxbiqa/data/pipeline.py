@@ -59,7 +59,7 @@ from typing import Any, NamedTuple
 import grain
 import numpy as np
 
-from jaxbiqa.config import DataSection
+from jaxbiqa.config import DataSection, UserError
 from jaxbiqa.data.access import Concat, RecordList
 from jaxbiqa.data.images import decode_image, read_image_bytes, read_image_size, resize_image, resized_size
 from jaxbiqa.data.records import FIELDS, FLOAT_FIELDS, BadRecordError, SkipReport, log
@@ -80,7 +80,7 @@ def open_sources(specs: Sequence[str], split: str, data: DataSection, report: Sk
     for spec in specs:
         kind, sep, path = spec.partition(":")
         if not sep or not path:
-            raise ValueError(f"dataset spec {spec!r} must look like KIND:PATH (e.g. koniq:/data/koniq10k)")
+            raise UserError(f"dataset spec {spec!r} must look like KIND:PATH (e.g. koniq:/data/koniq10k)")
         if kind == "tfds":
             parts.append(TfdsRecords(path, split or None))
             found.update(TfdsRecords.splits(path))
@@ -101,7 +101,7 @@ def open_sources(specs: Sequence[str], split: str, data: DataSection, report: Sk
         parts.append(RecordList([r for r in records if not split or r["split"] == split]))
     source = Concat(parts)
     if not len(source):
-        raise ValueError(f"no records with split {split!r} in {list(specs)}; their splits: {dict(found)} "
+        raise UserError(f"no records with split {split!r} in {list(specs)}; their splits: {dict(found)} "
                          "(a split file assigns splits to datasets without official ones)")
     return source
 
@@ -319,7 +319,7 @@ def per_shard(global_batch: int, shards: int, name: str = "data.global_batch_siz
     """Rows each of `shards` processes (data shards) reads of a global batch; an error naming both
     numbers when they do not divide."""
     if global_batch % shards:
-        raise ValueError(f"{name}={global_batch} does not divide over {shards} processes (data shards): "
+        raise UserError(f"{name}={global_batch} does not divide over {shards} processes (data shards): "
                          f"make it a multiple of {shards}")
     return global_batch // shards
 
@@ -496,7 +496,7 @@ def shard_options(data: DataSection) -> grain.sharding.ShardOptions:
     if data.shard_count > 0 and data.shard_index >= 0:
         return grain.sharding.ShardOptions(data.shard_index, data.shard_count, drop_remainder=data.drop_remainder)
     if data.shard_count > 0 or data.shard_index >= 0:
-        raise ValueError(f"set both shard_index and shard_count, or neither "
+        raise UserError(f"set both shard_index and shard_count, or neither "
                          f"(got {data.shard_index}, {data.shard_count})")
     return grain.sharding.ShardByJaxProcess(drop_remainder=data.drop_remainder)
 
@@ -521,7 +521,7 @@ def build_dataset(source: Any, data: DataSection, *, preprocess: Preprocess | No
     log.info("%s: %s", label, plan.describe())
     rows_of_shard = ProcessRows(plan, rows, shard.shard_index, shard.shard_count, data.num_epochs)
     if not len(rows_of_shard):
-        raise ValueError(f"shard {shard.shard_index}/{shard.shard_count} of {len(source)} records is empty "
+        raise UserError(f"shard {shard.shard_index}/{shard.shard_count} of {len(source)} records is empty "
                          f"({plan.describe()}; each shard reads {rows} of a global batch)")
     # prepared lazily: only the records of this shard's rows are decoded
     ds = grain.MapDataset.source(rows_of_shard).map(PrepareExample(source, plan, data, preprocess))

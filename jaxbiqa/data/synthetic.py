@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from jaxbiqa.config import UserError
 from jaxbiqa.data.records import SEVERITIES, make_record
 
 
@@ -253,16 +254,16 @@ class SynthSpec:
     def __post_init__(self) -> None:
         unknown = set(self.photos) - set(PHOTO_NAMES)
         if unknown:
-            raise ValueError(f"unknown photo(s) {sorted(unknown)}; available: {', '.join(PHOTO_NAMES)}")
+            raise UserError(f"unknown photo(s) {sorted(unknown)}; available: {', '.join(PHOTO_NAMES)}")
         unknown = set(self.distortions) - set(DISTORTION_NAMES)
         if unknown:
-            raise ValueError(f"unknown distortion(s) {sorted(unknown)}; available: {', '.join(DISTORTION_NAMES)}")
+            raise UserError(f"unknown distortion(s) {sorted(unknown)}; available: {', '.join(DISTORTION_NAMES)}")
         if not self.photos or self.crops_per_photo < 1 or self.crop_size < 28 or self.types_per_crop < 0 \
                 or self.seen_crops_per_photo < 0:
-            raise ValueError("need at least one photo and crop, crop_size >= 28, types_per_crop >= 0 and "
+            raise UserError("need at least one photo and crop, crop_size >= 28, types_per_crop >= 0 and "
                              f"seen_crops_per_photo >= 0: {self}")
         if not 0.0 <= self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+            raise UserError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
 
 
 @dataclasses.dataclass

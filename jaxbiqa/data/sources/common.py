@@ -161,7 +161,7 @@ def resolve_scale(scale: ScaleArg, dataset_key: str, rows: Sequence[Row]) -> Mos
         return scale_from_data(values, lower_is_better=table.lower_is_better if table else False)
     if scale == "table":
         if table is None:
-            raise ValueError(f"no MOS scale in the table for {dataset_key!r}; pass scale='data' or a MosScale")
+            raise UserError(f"no MOS scale in the table for {dataset_key!r}; pass scale='data' or a MosScale")
         return table
     raise ValueError(f"scale must be 'table', 'data' or a MosScale, got {scale!r}")
 
