@@ -350,10 +350,17 @@ def write_synthetic(out_dir: str | Path, spec: SynthSpec = SynthSpec(), progress
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     examples = generate(spec, progress=progress)
-    with open(out / "index.jsonl", "w", encoding="utf-8") as index:
-        for example in examples:
-            Image.fromarray(example.pixels).save(out / example.record["image"], "PNG")
-            index.write(json.dumps(_json_safe(example.record), ensure_ascii=False) + "\n")
+    image = None
+    try:
+        with open(out / "index.jsonl", "w", encoding="utf-8") as index:
+            for example in examples:
+                image = out / example.record["image"]
+                Image.fromarray(example.pixels).save(image, "PNG")
+                index.write(json.dumps(_json_safe(example.record), ensure_ascii=False) + "\n")
+    except OSError as err:  # a write error (disk full, a size limit) names no file: say which one it was
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror, str(image or out / "index.jsonl")) from err
     splits = {s: sum(e.record["split"] == s for e in examples) for s in ("train", "seen", "test")}
     info = {"spec": dataclasses.asdict(spec), "count": len(examples), "splits": splits,
             "test_photos": sorted(held_out_photos(spec)),

@@ -20,6 +20,7 @@ from flax import nnx
 from jaxbiqa.checkpoint import Checkpointer
 from jaxbiqa.config import Config, UserError, apply_override, from_dict, load_config
 from jaxbiqa.models.build import abstract_policy, build_policy, build_processor, has_weights, weights_source
+from jaxbiqa.models.qwen2_5_vl.weights import missing_weights
 
 CHECKPOINTS_DIR = "checkpoints"
 RUN_CONFIG = "config.json"  # the resolved config a training run writes into its output directory
@@ -65,6 +66,8 @@ def find_checkpoint(path: str | Path) -> tuple[str, Path, int | None]:
         return "orbax", path, None
     if _is_step_dir(path) and _has_steps(path.parent):
         return "orbax", path.parent, int(path.name)
+    if (path / "config.json").is_file():  # a Hugging Face folder without (safetensors) weights
+        raise missing_weights(path)
     raise CheckpointError(
         f"--checkpoint {path}: not a Hugging Face checkpoint (config.json + model.safetensors), a jaxbiqa run "
         f"directory (with {CHECKPOINTS_DIR}/), an orbax checkpoint directory (numbered step folders) or one step's "

@@ -72,8 +72,10 @@ def missing_weights(directory: Path, hint: str = "") -> CheckpointError:
     found = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
     listed = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "") or "nothing"
     message = f"{directory}: no weights ({SINGLE_FILE} or {INDEX_FILE}); it holds {listed}"
-    if any(name.endswith(TORCH_SUFFIXES) for name in found):
-        message += ("; PyTorch weights are not read: write them as safetensors first, e.g. python -c \"from "
+    torch = [name for name in found if name.endswith(TORCH_SUFFIXES)]
+    if torch:
+        message += (f"; PyTorch weights ({', '.join(torch[:3])}{', ...' if len(torch) > 3 else ''}) are not read: "
+                    "write them as safetensors first, e.g. python -c \"from "
                     "transformers import Qwen2_5_VLForConditionalGeneration as M; "
                     f"M.from_pretrained('{directory}').save_pretrained('OUT')\" (then `jaxbiqa convert --from-hf "
                     "OUT` checks them)")
