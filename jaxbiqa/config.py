@@ -480,8 +480,8 @@ class TrainSection:
     progress: bool = True            # a tqdm progress bar with ETA on stderr
 
     # an update with a non-finite loss or gradient is skipped (parameters unchanged, counted as
-    # `skipped` in train_log.jsonl); the run stops with an error after this many skipped in a row,
-    # and when every update of a stage was skipped (0: only then)
+    # `skipped_updates` in train_log.jsonl); the run stops with an error after this many skipped in a
+    # row, and when a stage ends in a run of skipped updates at least half its steps (0: only then)
     max_consecutive_skipped_updates: int = 10
 
     # evaluation (`config.eval` on data.eval / data.eval_split) at the end, and after the warm start

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from jaxbiqa.config import Config, EvalSection, eval_settings
 from jaxbiqa.config_cmd import add_config_arguments
+from jaxbiqa.data.records import SkipReport
 from jaxbiqa.demo_assets import resolve_demo_model
 from jaxbiqa.eval.policy import CHECKPOINTS_DIR, Policy, load_policy
 from jaxbiqa.eval.predictions_cmd import format_table
@@ -107,13 +108,15 @@ def run(args: argparse.Namespace) -> int:
     total = count_records(data)
     start = time.perf_counter()
     extra = {"checkpoint": policy.source, "eval": list(data.eval), "eval_split": data.eval_split}
+    skipped = SkipReport()
     if args.mode == "generate":
-        result = evaluate(policy.model, policy.processor, eval_pipeline(data, policy.processor), out,
-                          rollout=config.rollout, settings=settings, total=total, extra=extra)
+        result = evaluate(policy.model, policy.processor, eval_pipeline(data, policy.processor, skipped=skipped), out,
+                          rollout=config.rollout, settings=settings, total=total, extra=extra, skipped=skipped)
     else:
-        result = evaluate_qalign(policy.model, policy.processor, eval_pipeline(data), out, settings=settings,
-                                 total=total, extra=extra)
+        result = evaluate_qalign(policy.model, policy.processor, eval_pipeline(data, skipped=skipped), out,
+                                 settings=settings, total=total, extra=extra, skipped=skipped)
     print(format_table(args.mode, str(result.predictions), result.metrics["datasets"], logistic=True))
-    print(f"{result.n} images in {time.perf_counter() - start:.1f} s; predictions: {result.predictions}; "
-          f"metrics: {result.metrics_file}")
+    print(f"{result.n} images in {time.perf_counter() - start:.1f} s"
+          + (f" ({len(skipped)} bad records skipped)" if len(skipped) else "")
+          + f"; predictions: {result.predictions}; metrics: {result.metrics_file}")
     return 0

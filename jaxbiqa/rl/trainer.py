@@ -22,6 +22,12 @@ step, then `run` returns `preempted`). Steps count both stages: 1..S are warm-st
 are GRPO rollouts, so a checkpoint's step says which state it holds. Randomness: step k uses
 `fold_in(key, k)`, so a resumed run draws what the uninterrupted one would have.
 
+Skips, named apart in train_log.jsonl: an update with a non-finite loss or gradient is skipped
+(`skipped_update` 1 at that step, `skipped_updates` the total), and a run of them stops the run with
+an error (`train.max_consecutive_skipped_updates`); bad records skipped under
+`data.on_bad_record="skip"` are counted per epoch (`epoch`, `skipped_records` in the record after
+the epoch ends; this process's share of the data), and the evaluation's in its metrics.json.
+
 At the end: the policy as a Hugging Face checkpoint (`<output_dir>/policy`, LoRA merged, with the
 tokenizer) and the evaluation hook (`jaxbiqa.eval.evaluate` with `config.eval`, `<output_dir>/eval/`).
 
@@ -74,6 +80,7 @@ from jaxbiqa import distributed
 from jaxbiqa.checkpoint import Checkpointer, PreemptionGuard, restore_target
 from jaxbiqa.config import Config, ConfigError, TrainSection, UserError, check_master_weights, eval_settings, to_dict
 from jaxbiqa.data.pipeline import Pass1Preprocess, batches_per_epoch, make_pipeline, per_shard, shard_options
+from jaxbiqa.data.records import SkipReport
 from jaxbiqa.distributed import Placement
 from jaxbiqa.eval.evaluate import METRICS_FILE, PREDICTIONS_FILE, evaluate
 from jaxbiqa.models.build import abstract_policy, build_policy, build_processor
@@ -169,6 +176,7 @@ class Trainer:
         if not self.eos_ids:
             raise ConfigError("rollout.pass1.eos_token_ids is empty: the warm start needs an end-of-turn token")
         self.key = jax.random.key(config.seed)
+        self._epochs_ended: list[dict[str, int]] = []  # epoch reports not logged yet
 
     @classmethod
     def from_runtime(cls, config: Config, *, train: TrainSection | None = None) -> "Trainer":
@@ -204,7 +212,12 @@ class Trainer:
 
     def _pipeline(self, global_batch_size: int, num_epochs: int | None, split: str = "train") -> Iterator:
         data = dataclasses.replace(self.config.data, global_batch_size=global_batch_size, num_epochs=num_epochs)
-        return iter(make_pipeline(data, split, preprocess=self.preprocess))
+        return iter(make_pipeline(data, split, preprocess=self.preprocess, on_epoch_end=self._epoch_ended))
+
+    def _epoch_ended(self, epoch: int, report: SkipReport) -> None:
+        """The pipeline's report of an epoch: its bad records (`data.on_bad_record="skip"`) go into the
+        next record of train_log.jsonl as `skipped_records` (distinct from `skipped_update(s)`)."""
+        self._epochs_ended.append({"epoch": epoch, "skipped_records": len(report)})
 
     @staticmethod
     def _next_batch(iterator: Iterator) -> dict[str, np.ndarray] | None:
@@ -308,8 +321,11 @@ class Trainer:
             record["step_time"] = now - last
             record[stage.tokens_metric] = record.pop("_tokens") / max(now - last, 1e-9)
             last = now
-            skipped_since = (skipped_since or step) if record.get("skipped", 0) > 0 else None
-            if step % train.log_every == 0 or step == stage.end or skipped_since:
+            skipped_since = (skipped_since or step) if record.get("skipped_update", 0) > 0 else None
+            if step % train.log_every == 0 or step == stage.end or skipped_since or self._epochs_ended:
+                for ended in self._epochs_ended:
+                    record |= ended
+                self._epochs_ended.clear()
                 logger.write(step, stage.name, record)
             self._check_skipped(stage, step, skipped_since, final=step == stage.end)
             done = step - stage.begin
@@ -323,19 +339,23 @@ class Trainer:
                 checkpointer.wait()
                 log.warning("SIGTERM: saved step %d; resume with --resume", step)
                 return state, step, True
-        self._check_skipped(stage, step, skipped_since, final=True)  # the data ended
+        for ended in self._epochs_ended:  # the data ended: its last epoch's report
+            logger.write(step, stage.name, ended)
+        self._epochs_ended.clear()
+        self._check_skipped(stage, step, skipped_since, final=True)
         if step > stage.start and step not in checkpointer.all_steps():
             save()
         return state, step, False
 
     def _check_skipped(self, stage: Stage, step: int, skipped_since: int | None, final: bool) -> None:
         """Stop a run whose updates keep being skipped (non-finite loss or gradient): after
-        `train.max_consecutive_skipped_updates` in a row, or when every update of the stage was."""
+        `train.max_consecutive_skipped_updates` in a row, or when the stage ends in a run of skipped
+        updates at least half as long as the steps it took here (a short run that diverged)."""
         limit = self.train.max_consecutive_skipped_updates
         if skipped_since is None:
             return
         run = step - skipped_since + 1
-        if (limit and run >= limit) or (final and skipped_since == stage.begin + 1):
+        if (limit and run >= limit) or (final and 2 * run >= step - stage.start):
             raise SkippedUpdatesError(
                 f"{stage.name}: the updates of steps {skipped_since}..{step} were all skipped (a non-finite loss or "
                 f"gradient; the parameters are still those of step {skipped_since - 1}): lower the learning rate, or "
@@ -474,13 +494,16 @@ class Trainer:
         settings = eval_settings(config)
         # every process reads the whole split: one shard
         data = dataclasses.replace(config.data, global_batch_size=settings.batch_size, shard_index=0, shard_count=1)
-        eval_batches = make_pipeline(data, "eval", preprocess=self.preprocess)
+        skipped = SkipReport()
+        eval_batches = make_pipeline(data, "eval", preprocess=self.preprocess,
+                                     on_epoch_end=lambda epoch, report: skipped.entries.extend(report.entries))
         start = time.perf_counter()
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.placement.scope())
             folder = (self.output_dir / EVAL_DIR / name if self.main_process
                       else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jaxbiqa-eval-"))))
-            result = evaluate(model, self.processor, eval_batches, folder, rollout=config.rollout, settings=settings)
+            result = evaluate(model, self.processor, eval_batches, folder, rollout=config.rollout, settings=settings,
+                              skipped=skipped)
         datasets = {dataset: {label: entry["columns"][column] for label, column in EVAL_COLUMNS.items()
                               if column in entry["columns"]} | {"gap": entry.get("gap")}
                     for dataset, entry in result.metrics["datasets"].items()}
@@ -488,7 +511,8 @@ class Trainer:
             raise ValueError(f"evaluation '{name}': no eval record has a target MOS")
         out: dict[str, Any] = {"n": result.n, "metrics": str(self.output_dir / EVAL_DIR / name / METRICS_FILE),
                                "predictions": str(self.output_dir / EVAL_DIR / name / PREDICTIONS_FILE),
-                               "eval_time": time.perf_counter() - start, "datasets": datasets,
+                               "eval_time": time.perf_counter() - start, "skipped_records": len(skipped),
+                               "datasets": datasets,
                                **next(iter(datasets.values()))}
         scalars = {}
         for dataset, entry in datasets.items():
