@@ -266,8 +266,8 @@ class DataSection:
         if self.num_workers < 0 or self.read_threads < 1:
             problems.append(f"num_workers={self.num_workers} must be >= 0 and read_threads={self.read_threads} >= 1")
         if not 0 < self.min_pixels <= self.max_pixels <= MAX_PIXELS_LIMIT:
-            problems.append(f"need 0 < min_pixels <= max_pixels <= {MAX_PIXELS_LIMIT} (16384 visual tokens, Qwen2.5-VL's "
-                            f"largest), got {self.min_pixels}, {self.max_pixels}")
+            problems.append(f"need 0 < min_pixels <= max_pixels <= {MAX_PIXELS_LIMIT} (16384 visual tokens, "
+                            f"Qwen2.5-VL's largest), got {self.min_pixels}, {self.max_pixels}")
         synthetic = [self.synthetic_num_photos, self.synthetic_seen_crops_per_photo, self.shard_count,
                      self.worker_buffer_size, self.prefetch_buffer_size]
         if any(n < 0 for n in synthetic) or min(self.synthetic_crop_size, self.synthetic_crops_per_photo,

@@ -96,6 +96,7 @@ def evaluate_run(out_dir: Path, decoding: str, progress: bool, split: str) -> tu
     for that step)."""
     from jaxbiqa.eval.policy import find_checkpoint, load_policy
     from jaxbiqa.config import eval_settings
+    from jaxbiqa.data.records import SkipReport
     from jaxbiqa.eval.evaluate import METRICS_FILE, count_records, eval_pipeline, evaluate
 
     folder = out_dir / EVAL_DIR / f"demo_{decoding}" / split
@@ -110,9 +111,11 @@ def evaluate_run(out_dir: Path, decoding: str, progress: bool, split: str) -> tu
     policy = load_policy(str(out_dir), None)
     data = dataclasses.replace(policy.config.data, eval_split=split)
     settings = eval_settings(policy.config, decoding=decoding, progress=progress)
-    result = evaluate(policy.model, policy.processor, eval_pipeline(data, policy.processor), folder,
+    skipped = SkipReport()
+    result = evaluate(policy.model, policy.processor, eval_pipeline(data, policy.processor, skipped=skipped), folder,
                       rollout=policy.config.rollout, settings=settings, total=count_records(data),
-                      extra={"checkpoint": policy.source, "eval": list(data.eval), "eval_split": split})
+                      extra={"checkpoint": policy.source, "eval": list(data.eval), "eval_split": split},
+                      skipped=skipped)
     return folder, result.metrics
 
 
@@ -210,7 +213,8 @@ def write_report(out_dir: Path, sets: dict[str, tuple[Path, dict]]) -> tuple[Pat
     predictions = combine_predictions(sets, folder / "predictions.jsonl")
     built = build_report(predictions, folder, training_log=log_file if log_file.is_file() else None,
                          human=human if human.is_file() else None, html=True,
-                         title="jaxbiqa demo: " + "; ".join(f"{k} = {v}" for k, v in SETS.items()))
+                         title="jaxbiqa demo: " + "; ".join(f"{k} = {v}" for k, v in SETS.items()),
+                         skipped_records={label: found.get("skipped_records", 0) for label, (_, found) in sets.items()})
     return built.markdown, built.html, built.metrics
 
 

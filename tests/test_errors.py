@@ -158,7 +158,8 @@ def _cli_env() -> dict[str, str]:
 
 def test_a_file_size_limit_is_one_line(tmp_path):
     # a file-size limit of one block; SIGXFSZ ignored, so a write past it fails with EFBIG
-    command = f"trap '' XFSZ; ulimit -f 1; exec {sys.executable} -m jaxbiqa.cli {' '.join(synth(tmp_path / 'synth', 96))}"
+    synth_args = " ".join(synth(tmp_path / "synth", 96))
+    command = f"trap '' XFSZ; ulimit -f 1; exec {sys.executable} -m jaxbiqa.cli {synth_args}"
     result = subprocess.run(["sh", "-c", command], env=_cli_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     line = result.stderr.strip().splitlines()[-1]

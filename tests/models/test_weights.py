@@ -266,8 +266,8 @@ def test_missing_files_are_reported(tmp_path):
     with pytest.raises(CheckpointError, match=rf"{tmp_path}: no weights \(model.safetensors .*it holds config.json$"):
         from_pretrained(tmp_path)
     (tmp_path / "pytorch_model.bin").write_bytes(b"\0" * 8)
-    with pytest.raises(CheckpointError, match=r"holds config.json, pytorch_model.bin; PyTorch weights \(pytorch_model.bin\) "
-                                              r"are not read: .*save_pretrained"):
+    with pytest.raises(CheckpointError, match=r"holds config.json, pytorch_model.bin; PyTorch weights "
+                                              r"\(pytorch_model.bin\) are not read: .*save_pretrained"):
         from_pretrained(tmp_path)
 
 
