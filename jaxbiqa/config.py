@@ -234,6 +234,9 @@ class DataSection:
     # of one size (pipeline.BatchPlan), e.g. KonIQ 512x384 -> 504x392 (252 tokens), 512x512 -> 448x448
     max_pixels: int = 200_704          # 256 x 28 x 28: at most 256 visual tokens (at most MAX_PIXELS_LIMIT)
     min_pixels: int = 3_136            # 56 x 56, the Qwen2.5-VL processor's default
+    # decompression-bomb limit: an image file whose header promises more pixels is a bad record,
+    # refused before decoding (Pillow's own default hard limit; raise it for trusted large files)
+    max_image_pixels: int = 178_956_970
     prompts: str = "humaniqa"          # the prompt set of both passes, by name (`jaxbiqa.prompts.PROMPT_SETS`)
 
     # iteration
@@ -268,6 +271,8 @@ class DataSection:
         if not 0 < self.min_pixels <= self.max_pixels <= MAX_PIXELS_LIMIT:
             problems.append(f"need 0 < min_pixels <= max_pixels <= {MAX_PIXELS_LIMIT} (16384 visual tokens, "
                             f"Qwen2.5-VL's largest), got {self.min_pixels}, {self.max_pixels}")
+        if self.max_image_pixels < 1:
+            problems.append(f"max_image_pixels={self.max_image_pixels} must be >= 1")
         synthetic = [self.synthetic_num_photos, self.synthetic_seen_crops_per_photo, self.shard_count,
                      self.worker_buffer_size, self.prefetch_buffer_size]
         if any(n < 0 for n in synthetic) or min(self.synthetic_crop_size, self.synthetic_crops_per_photo,

@@ -61,7 +61,8 @@ import numpy as np
 
 from jaxbiqa.config import DataSection, UserError
 from jaxbiqa.data.access import Concat, RecordList
-from jaxbiqa.data.images import decode_image, read_image_bytes, read_image_size, resize_image, resized_size
+from jaxbiqa.data.images import (
+    check_pixels, decode_image, read_image_bytes, read_image_size, resize_image, resized_size)
 from jaxbiqa.data.records import FIELDS, FLOAT_FIELDS, BadRecordError, SkipReport, log
 
 Preprocess = Callable[[np.ndarray], Mapping[str, np.ndarray]]
@@ -132,17 +133,19 @@ def record_where(record: Mapping[str, Any]) -> str:
     return f"record {record.get('dataset', '?')}/{record.get('id', '?')}"
 
 
-def _header_size(image: str | bytes, where: str) -> tuple[int, int]:
+def _header_size(image: str | bytes, where: str, max_pixels: int) -> tuple[int, int]:
     if not isinstance(image, str):
-        return read_image_size(image, where)
+        return read_image_size(image, where, max_pixels)
     try:
         stat = os.stat(image)
     except OSError:  # read_image_size names what is wrong with the file
-        return read_image_size(image, where)
+        return read_image_size(image, where, max_pixels)
     key = (image, stat.st_mtime_ns, stat.st_size)
     if key not in _HEADER_SIZES:
-        _HEADER_SIZES[key] = read_image_size(image, where)
-    return _HEADER_SIZES[key]
+        _HEADER_SIZES[key] = read_image_size(image, where, max_pixels)
+    height, width = _HEADER_SIZES[key]
+    check_pixels((width, height), max_pixels, where)  # a size cached under another limit
+    return height, width
 
 
 def image_sizes(source: Any, data: DataSection, report: SkipReport) -> np.ndarray:
@@ -155,7 +158,8 @@ def image_sizes(source: Any, data: DataSection, report: SkipReport) -> np.ndarra
         try:
             if data.require_mos and not math.isfinite(record["mos_norm"]):
                 raise BadRecordError(where, "missing MOS: the record has no target score (require_mos is on)")
-            return resized_size(_header_size(record["image"], where), data.min_pixels, data.max_pixels, where)
+            return resized_size(_header_size(record["image"], where, data.max_image_pixels), data.min_pixels,
+                                data.max_pixels, where)
         except BadRecordError as err:
             if data.on_bad_record == "raise":
                 raise
@@ -335,6 +339,7 @@ class PrepareExample:
         self.source = source
         self.plan = plan
         self.min_pixels, self.max_pixels = data.min_pixels, data.max_pixels
+        self.max_image_pixels = data.max_image_pixels
         self.preprocess = preprocess
         self.on_bad = data.on_bad_record
 
@@ -342,7 +347,7 @@ class PrepareExample:
         record = self.source[index]
         where = record_where(record)
         try:
-            pixels = decode_image(read_image_bytes(record["image"], where), where)
+            pixels = decode_image(read_image_bytes(record["image"], where), where, self.max_image_pixels)
             size = tuple(int(v) for v in self.plan.sizes[index])
             if resized_size(pixels.shape[:2], self.min_pixels, self.max_pixels, where) != size:
                 raise BadRecordError(where, f"size mismatch: its header resizes to {size[1]}x{size[0]}, the decoded "
