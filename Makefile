@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-base
 PARITY_STAMP := $(VENV)/.installed-parity
 
-.PHONY: setup demo test test-slow test-parity clean
+.PHONY: setup demo test test-slow test-parity tables clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ $(PARITY_STAMP): $(STAMP)
 
 test-parity: $(PARITY_STAMP)
 	$(BIN)/python -m pytest -q -m parity
+
+# the memory tables of README.md and docs/ from the shipped recipes (`jaxbiqa plan --config ...`)
+tables: $(STAMP)
+	$(BIN)/python tools/regenerate_tables.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

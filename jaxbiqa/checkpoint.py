@@ -13,17 +13,24 @@ GRPO reference policy, `jaxbiqa.rl.trainer`), outside the rotation of `max_to_ke
 With several processes every process calls `save` and `restore` (orbax writes and reads each
 array's shards collectively; process 0 writes the JSON items). The arrays restore on any mesh
 and any number of processes; a data position only with the number of processes that saved it.
-`PreemptionGuard` turns SIGTERM into a flag the training loop polls, so it can save at the end of
-the current step and exit cleanly.
+The directory may be local or remote (`gs://...`, `jaxbiqa.paths`). A step that cannot be read
+(truncated files, broken metadata) raises `UnreadableCheckpoint`; `set_aside` moves it out of the
+step sequence (renamed `<step>.unreadable`) so the run can resume from an earlier one. A full disk
+is reported as one `OSError` naming the folder and its free space.
+`PreemptionGuard` turns SIGTERM and SIGINT into a flag the training loop polls, so it can save at
+the end of the current step and exit cleanly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import shutil
 import signal
 import threading
-from collections.abc import Mapping
-from pathlib import Path
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -31,6 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxbiqa.config import to_dict
+from jaxbiqa.paths import PathLike, as_path, is_local
 
 
 class Restored(NamedTuple):
@@ -39,6 +47,54 @@ class Restored(NamedTuple):
     key: jax.Array | None       # the RNG key saved with the state (typed or raw, as it was)
     config: dict | None         # the resolved config saved with it
     data_restored: bool         # whether a data iterator's position was restored
+
+
+class UnreadableCheckpoint(RuntimeError):
+    """A saved step whose files cannot be read back (truncated, missing or broken metadata)."""
+
+    def __init__(self, step: int, directory: Any, cause: BaseException):
+        self.step, self.directory, self.cause = step, directory, cause
+        reason = _first_line(cause)
+        super().__init__(f"checkpoint step {step} in {directory} cannot be read ({type(cause).__name__}: {reason[:300]})")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).split(" See full TensorStore details")[0].strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# what orbax says when the checkpoint is whole but the target to restore into has other shapes or leaves
+_MISMATCH = ("is not compatible with the stored shape", "tree structures do not match")
+
+
+def _target_mismatch(error: BaseException) -> bool:
+    return isinstance(error, ValueError) and any(text in str(error) for text in _MISMATCH)
+
+
+def _disk_full(error: BaseException) -> bool:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _reporting_disk_full(directory: Any, what: str) -> Iterator[None]:
+    """Turns a full disk anywhere under `what` into one OSError naming the folder and its free space."""
+    try:
+        yield
+    except Exception as error:
+        if not _disk_full(error):
+            raise
+        free = ""
+        if is_local(directory):
+            free = f", {shutil.disk_usage(directory).free / 2**20:.1f} MiB free"
+        raise OSError(errno.ENOSPC, f"disk full while {what} in {directory}{free}") from None
 
 
 def restore_target(tree: Any, shardings: Any = None) -> Any:
@@ -90,15 +146,21 @@ class Checkpointer:
     (so the saved buffers may be donated right after). Call `wait()` or `close()` before exiting.
     """
 
-    def __init__(self, directory: str | Path, *, max_to_keep: int | None = 3, save_interval_steps: int = 1,
-                 async_save: bool = True):
+    def __init__(self, directory: PathLike, *, max_to_keep: int | None = 3, save_interval_steps: int = 1,
+                 save_interval_minutes: float = 0.0, async_save: bool = True):
         if save_interval_steps < 1:
             raise ValueError(f"save_interval_steps must be >= 1, got {save_interval_steps}")
-        self.directory = Path(directory).absolute()
+        if save_interval_minutes < 0:
+            raise ValueError(f"save_interval_minutes must be >= 0, got {save_interval_minutes}")
+        self.directory = as_path(directory)
         self.save_interval_steps = save_interval_steps
-        # the interval is applied here: orbax would also save the first step it sees
+        self.save_interval_seconds = save_interval_minutes * 60
+        self._last_save = time.monotonic()
+        # the interval is applied here: orbax would also save the first step it sees; temporary
+        # folders of a save that a killed process left behind are removed
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=1,
-                                               enable_async_checkpointing=async_save, create=True)
+                                               enable_async_checkpointing=async_save, create=True,
+                                               cleanup_tmp_directories=True)
         import grain  # slow to import; needed only once checkpoints are in use
 
         handlers = dict(state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler(),
@@ -106,17 +168,22 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     @classmethod
-    def from_section(cls, section: Any, output_dir: str | Path) -> "Checkpointer":
+    def from_section(cls, section: Any, output_dir: PathLike) -> "Checkpointer":
         """From a `jaxbiqa.config.CheckpointSection` (directory "" = `<output_dir>/checkpoints`)."""
-        directory = section.directory or Path(output_dir) / "checkpoints"
+        directory = section.directory or as_path(output_dir) / "checkpoints"
         return cls(directory, max_to_keep=section.max_to_keep, save_interval_steps=section.save_interval_steps,
-                   async_save=section.async_save)
+                   save_interval_minutes=section.save_interval_minutes, async_save=section.async_save)
+
+    def due(self, step: int) -> bool:
+        """Whether `step` is a multiple of `save_interval_steps`, or `save_interval_minutes` have
+        passed since the last save (when set)."""
+        late = self.save_interval_seconds > 0 and time.monotonic() - self._last_save >= self.save_interval_seconds
+        return step % self.save_interval_steps == 0 or late
 
     def save(self, step: int, state: Any, *, key: jax.Array | None = None, data_iterator: Any = None,
              config: Any = None, force: bool = False) -> bool:
-        """Save at `step` when it is a multiple of `save_interval_steps` (or `force`); False when
-        skipped or already saved."""
-        if (step % self.save_interval_steps and not force) or step in self.manager.all_steps():
+        """Save at `step` when it is `due` (or `force`); False when skipped or already saved."""
+        if (not force and not self.due(step)) or step in self.manager.all_steps():
             return False
         items = dict(state=ocp.args.StandardSave(state),
                      meta=ocp.args.JsonSave({"step": int(step), "key": _key_to_json(key),
@@ -126,7 +193,10 @@ class Checkpointer:
         if data_iterator is not None:
             import grain
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        with _reporting_disk_full(self.directory, f"saving step {step}"):
+            saved = self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self._last_save = time.monotonic()
+        return saved
 
     def restore(self, target: Any, *, step: int | None = None, data_iterator: Any = None) -> Restored:
         """Restore `step` (default: the latest) into `target` (see `restore_target`); sets
@@ -137,21 +207,30 @@ class Checkpointer:
         if step not in self.manager.all_steps():
             raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} "
                                     f"(have {sorted(self.manager.all_steps())})")
-        saved = set(self.manager.item_metadata(step).keys())  # the items on disk
+        try:
+            saved = set(self.manager.item_metadata(step).keys())  # the items on disk
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        except Exception as error:
+            raise UnreadableCheckpoint(step, self.directory, error) from error
         items = dict(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
         if "config" in saved:
             items["config"] = ocp.args.JsonRestore()
         restore_data = data_iterator is not None and "data" in saved
         if restore_data:
             import grain
-            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
             processes = meta.get("processes", 1)
             if processes != jax.process_count():
                 raise ValueError(f"checkpoint step {step} in {self.directory} holds the data position of {processes} "
                                  f"process(es), this run has {jax.process_count()}: resume with {processes}, or "
                                  "restore without a data iterator (the arrays restore on any number of processes)")
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as error:
+            if _target_mismatch(error):  # the checkpoint is whole; the model it is restored into differs
+                raise ValueError(f"checkpoint step {step} in {self.directory} does not fit this run's train state "
+                                 f"(a different model or config?): {_first_line(error)}") from error
+            raise UnreadableCheckpoint(step, self.directory, error) from error
         config = out["config"] if "config" in items else None
         return Restored(int(out.meta["step"]), out.state, _key_from_json(out.meta["key"]), config, restore_data)
 
@@ -160,6 +239,20 @@ class Checkpointer:
         if self.latest_step() is None:
             return None
         return self.restore(target, data_iterator=data_iterator)
+
+    def set_aside(self, step: int, reason: str) -> None:
+        """Take `step` out of the step sequence: its folder is renamed `<step>.<reason>` (kept for
+        inspection; neither restored nor rotated). Called on every process; process 0 renames."""
+        self.wait()
+        if jax.process_index() == 0:
+            source, target = self.directory / str(step), self.directory / f"{step}.{reason}"
+            if target.exists():
+                target.rmtree()
+            source.rename(target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"jaxbiqa-set-aside-{step}")
+        self.manager.reload()
 
     def save_item(self, name: str, tree: Any) -> None:
         """Save the pytree `tree` as `<directory>/<name>`, beside the step checkpoints and never
@@ -193,11 +286,14 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Block until pending async saves are on disk."""
-        self.manager.wait_until_finished()
+        with _reporting_disk_full(self.directory, "saving a checkpoint"):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
     def __enter__(self) -> "Checkpointer":
         return self
@@ -207,19 +303,25 @@ class Checkpointer:
 
 
 class PreemptionGuard:
-    """While active (a context manager), SIGTERM sets a flag instead of killing the process.
+    """While active (a context manager), SIGTERM and SIGINT set a flag instead of killing the process.
 
     The loop checks `should_stop()` after each step, then saves (`force=True`), waits for the save
-    and returns. With several JAX processes `should_stop()` is true on all of them as soon as any
-    one was signalled, so they save the same step together. The previous handlers come back on exit.
+    and returns. A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once. With several JAX
+    processes `should_stop()` is true on all of them as soon as any one was signalled, so they save
+    the same step together. `enabled=False` leaves the signals alone. The previous handlers come
+    back on exit.
     """
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
-        self.signals = signals
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT), *, enabled: bool = True):
+        self.signals = signals if enabled else ()
         self._event = threading.Event()
         self._previous: dict[int, Any] = {}
+        self.received: str | None = None
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self._event.is_set():
+            raise KeyboardInterrupt("second interrupt: stopping without saving")
+        self.received = signal.Signals(signum).name
         self._event.set()
 
     @property

@@ -63,7 +63,7 @@ def user_error_message(err: BaseException) -> str | None:
         return str(err)
     if isinstance(err, OSError):
         what = err.strerror or str(err)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if err.errno in (errno.ENOSPC, errno.EDQUOT) and "disk full" not in what:
             what += " (disk full)"
         where = err.filename if err.filename is None or err.filename2 is None else f"{err.filename} -> {err.filename2}"
         return f"{what}: {where}" if where is not None else what

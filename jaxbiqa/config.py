@@ -450,13 +450,21 @@ class SFTSection:
 class CheckpointSection:
     directory: str = ""                 # "" = <output_dir>/checkpoints
     save_interval_steps: int = 100
+    # also save once this many minutes have passed since the last save (0 = steps only): bounds the
+    # work a pre-emption can take when steps are long
+    save_interval_minutes: float = 0.0
     max_to_keep: int | None = 3         # None keeps every checkpoint
     async_save: bool = True
-    save_on_preemption: bool = True     # SIGTERM: save at the end of the current step, then exit cleanly
+    # SIGTERM / SIGINT: save at the end of the current step, then exit cleanly (a second SIGINT
+    # exits at once); False leaves both signals their default (the process dies unsaved)
+    save_on_preemption: bool = True
 
     def __post_init__(self):
         if self.save_interval_steps < 1 or (self.max_to_keep is not None and self.max_to_keep < 1):
             raise ValueError("checkpoint.save_interval_steps and checkpoint.max_to_keep must be >= 1")
+        if not (self.save_interval_minutes >= 0 and math.isfinite(self.save_interval_minutes)):
+            raise ValueError(f"checkpoint.save_interval_minutes must be a finite number >= 0, "
+                             f"got {self.save_interval_minutes}")
 
 
 # ---------------------------------------------------------------- train

@@ -18,7 +18,7 @@ import dataclasses
 import math
 import os
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -296,9 +296,14 @@ class Placement:
         """A batch every process holds in full -> global arrays on the mesh (`shard_batch`); as is without one."""
         return dict(batch) if self.mesh is None else shard_batch(batch, self.mesh, row_axes, self.rules)
 
-    def scope(self) -> contextlib.AbstractContextManager:
-        """The mesh as the context of the computations inside (nothing without one)."""
-        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """The mesh and the rules as the context of the computations inside (nothing without a mesh)."""
+        if self.mesh is None:
+            yield
+            return
+        with jax.set_mesh(self.mesh), sharding.rules_scope(self.rules):
+            yield
 
 
 # ---------------------------------------------------------------- host values across processes

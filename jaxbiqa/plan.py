@@ -220,7 +220,8 @@ def kv_cache_bytes(config: ModelConfig, rows: int, length: int, mesh_shape: Mapp
 # ---------------------------------------------------------------- estimates
 
 def _split(size: int, ways: int) -> float:
-    """A dimension of `size` over `ways` devices when it divides (the rules drop the axis otherwise)."""
+    """A dimension of `size` over `ways` devices when it divides (activations a mesh axis does not
+    divide are the elastic batch, kept whole)."""
     return size / ways if size % ways == 0 else size
 
 
@@ -281,6 +282,12 @@ def rollout_activation_bytes(config: ModelConfig, workload: Workload, mesh_shape
 
 
 # ---------------------------------------------------------------- the plan
+
+def replicated_axes(rules: LogicalRules) -> list[str]:
+    """The logical axes `rules` replicate that the default rules shard (e.g. `runtime.rules.kv_heads=`)."""
+    default = dict(DEFAULT_RULES)
+    return sorted(name for name, axes in rules if not axes and default.get(name))
+
 
 def batch_shards(mesh_shape: Mapping[str, int], rules: LogicalRules = DEFAULT_RULES) -> int:
     """How many ways the rules split batch rows over a mesh of this shape."""

@@ -11,8 +11,12 @@ projection, a bfloat16 base under float32 adapters by default); the vision tower
 --train-vision.
 
 `--config humaniqa[,qinsight_score,...]` plans what those recipes run instead (one row each): their
-dtypes, LoRA, remat, mesh, global batch, G, new tokens, longest pass-1 prompt bucket, micro-batch,
-frozen vision and reference; --mesh and the training and step options then do not apply.
+dtypes, LoRA, remat, mesh, sharding rules, global batch, G, new tokens, longest pass-1 prompt bucket,
+micro-batch, frozen vision and reference; --mesh and the training and step options then do not apply.
+
+A mesh axis must divide every dimension it shards (`jaxbiqa.sharding.ShardingError` says which);
+`--rules kv_heads=` (as `runtime.rules`) replicates a logical axis instead, and the plan reports the
+axes so replicated.
 
 One hardware and one mode print a breakdown; several print a table (one row each; --markdown for
 Markdown). Parameters, gradients, optimizer state and KV cache are exact for the layout jaxbiqa
@@ -65,6 +69,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--mesh", type=parse_mesh, default={"data": 1, "fsdp": -1, "tensor": 1},
                        help="axis sizes, one may be -1 (default data=1,fsdp=-1,tensor=1)")
     where.add_argument("--devices", type=int, help="device count without --hardware (resolves a -1 in --mesh)")
+    where.add_argument("--rules", action="append", default=[], metavar="LOGICAL=AXES",
+                       help="a sharding rule as runtime.rules (repeatable), e.g. kv_heads= to replicate the KV heads")
     where.add_argument("--memory", type=parse_bytes, help="memory per device without --hardware, e.g. 80GiB")
     where.add_argument("--headroom", type=float, default=0.9, help="usable share of the memory (default 0.9)")
     training = parser.add_argument_group("training")
@@ -161,7 +167,8 @@ def _recipe_runs(args: argparse.Namespace) -> list[tuple[str, Any, Any, dict[str
                             freeze_vision=config.optim.freeze_vision, reference=config.grpo.beta > 0,
                             logprob_chunk_size=config.grpo.logprob_chunk_size)
         mode = "lora" if model.lora_rank else "full"
-        runs.append((f"{config.name} ({mode})", model_config, workload, dict(config.runtime.mesh)))
+        runs.append((f"{config.name} ({mode})", model_config, workload, dict(config.runtime.mesh),
+                     dict(config.runtime.rules)))
     return runs
 
 
@@ -176,22 +183,26 @@ def _option_runs(args: argparse.Namespace) -> list[tuple[str, Any, Any, dict[str
     bad = [m for m in args.mode if m not in ("full", "lora")]
     if bad:
         raise ValueError(f"--mode {bad[0]!r}: expected full, lora or full,lora")
-    return [(mode, _model_config(args, mode), workload, args.mesh) for mode in args.mode]
+    rules = dict(rule.split("=", 1) if "=" in rule else (rule, "") for rule in args.rules)
+    return [(mode, _model_config(args, mode), workload, args.mesh, rules) for mode in args.mode]
 
 
 def _build(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from jaxbiqa.plan import batch_shards, largest_fitting_micro_batch, plan
+    from jaxbiqa.config import RuntimeSection
+    from jaxbiqa.distributed import rules_from_config
+    from jaxbiqa.plan import batch_shards, largest_fitting_micro_batch, plan, replicated_axes
 
     runs = _recipe_runs(args) if args.config else _option_runs(args)
     rows = []
     for label, devices, memory, description in _targets(args):
-        for mode, config, workload, mesh in runs:
+        for mode, config, workload, mesh, rule_text in runs:
             shape = _mesh_shape(mesh, devices)
-            result = plan(config, shape, workload, capacity=memory, headroom=args.headroom)
+            rules = rules_from_config(RuntimeSection(rules=rule_text))
+            result = plan(config, shape, workload, capacity=memory, headroom=args.headroom, rules=rules)
             fitting = None if memory is None else largest_fitting_micro_batch(
-                config, shape, workload, capacity=memory, headroom=args.headroom)
+                config, shape, workload, capacity=memory, headroom=args.headroom, rules=rules)
             rows.append(dict(hardware=label, description=description, mode=mode, model=args.model,
-                             batch_shards=batch_shards(shape),
+                             batch_shards=batch_shards(shape, rules), replicated=replicated_axes(rules),
                              param_dtype=config.param_dtype, dtype=config.dtype, workload=dataclasses.asdict(workload),
                              **result.as_dict(), largest_fitting_micro_batch=fitting))
     return rows
@@ -214,6 +225,7 @@ def _print_breakdown(row: dict[str, Any]) -> None:
         f"{w['prompt_length']} + {w['new_tokens']} tokens; update micro-batch of {row['micro_rows_per_device']} "
         f"rows per device",
         f"dtypes: parameters {row['param_dtype']}, compute and KV cache {row['dtype']}",
+        f"replicated by rule: {', '.join(row['replicated']) or 'nothing'}",
         "",
         f"{'per device':<56}{'GiB':>9}",
     ]
@@ -246,7 +258,7 @@ def _print_breakdown(row: dict[str, Any]) -> None:
 COLUMNS = (("hardware", "hardware"), ("mode", "mode"), ("mesh", "mesh"), ("params", "parameters"),
            ("reference", "reference"), ("grads", "gradients"), ("optimizer", "optimizer"), ("KV cache", "kv_cache"),
            ("activations", "update_activations"), ("peak", "peak"), ("usable", "usable"), ("fits", "fits"),
-           ("micro-batch that fits", "largest_fitting_micro_batch"))
+           ("micro-batch that fits", "largest_fitting_micro_batch"), ("replicated by rule", "replicated"))
 
 
 def _cell(row: dict[str, Any], key: str) -> str:
@@ -257,6 +269,8 @@ def _cell(row: dict[str, Any], key: str) -> str:
     value = row[key]
     if key == "fits":
         return "-" if value is None else "yes" if value else "NO"
+    if key == "replicated":
+        return ", ".join(row[key]) or "-"
     if key == "largest_fitting_micro_batch":
         return "-" if row["capacity"] is None else str(value) if value else "none"
     return _gib(value) if isinstance(value, int) and key not in ("hardware", "mode") else str(value)

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from jaxbiqa.data.images import MAX_IMAGE_PIXELS, check_pixels
+from jaxbiqa.paths import as_path, local_copy
 from jaxbiqa.prompts import PromptSet
 
 IMAGE_PAD = "<|image_pad|>"
@@ -81,14 +82,19 @@ ImageLike = Union[Image.Image, np.ndarray, str, os.PathLike, bytes]
 
 # ---------------------------------------------------------------------------------------- tokenizer
 
+# the small files of a model folder that tokenizers and image processors read (copied from a bucket)
+_PROCESSOR_FILES = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja")
+
+
 def load_tokenizer(path: str | os.PathLike):
-    """`AutoTokenizer.from_pretrained` on a local directory (tokenizer.json + tokenizer_config.json)."""
+    """`AutoTokenizer.from_pretrained` on a directory (tokenizer.json + tokenizer_config.json),
+    local or remote (`gs://...`, read through a local copy of its small files)."""
     from transformers import AutoTokenizer
 
-    path = Path(path)
-    if not (path / "tokenizer.json").is_file() and not (path / "vocab.json").is_file():
-        raise FileNotFoundError(f"no tokenizer (tokenizer.json or vocab.json) in {path}")
-    return AutoTokenizer.from_pretrained(str(path))
+    with local_copy(path, _PROCESSOR_FILES) as local:
+        if not (local / "tokenizer.json").is_file() and not (local / "vocab.json").is_file():
+            raise FileNotFoundError(f"no tokenizer (tokenizer.json or vocab.json) in {path}")
+        return AutoTokenizer.from_pretrained(str(local))
 
 
 def qwen_tiktoken_file() -> Path:
@@ -160,14 +166,14 @@ def make_image_processor(min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int =
 def load_image_processor(path: str | os.PathLike, min_pixels: int = DEFAULT_MIN_PIXELS,
                          max_pixels: int = DEFAULT_MAX_PIXELS):
     """The checkpoint's `preprocessor_config.json` (PIL backend) with the pixel budget applied;
-    the default processor when the directory has none."""
-    path = Path(path)
-    if not (path / "preprocessor_config.json").is_file():
+    the default processor when the directory (local or remote) has none."""
+    if not (as_path(path) / "preprocessor_config.json").is_file():
         return make_image_processor(min_pixels, max_pixels)
     from transformers import AutoImageProcessor
 
-    processor = AutoImageProcessor.from_pretrained(str(path), backend="pil", min_pixels=min_pixels,
-                                                   max_pixels=max_pixels)
+    with local_copy(path, ("preprocessor_config.json",)) as local:
+        processor = AutoImageProcessor.from_pretrained(str(local), backend="pil", min_pixels=min_pixels,
+                                                       max_pixels=max_pixels)
     if "pil" not in type(processor).__name__.lower():
         raise TypeError(f"{path}: expected a PIL-backend Qwen2-VL image processor, got {type(processor).__name__}")
     return processor

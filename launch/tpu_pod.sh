@@ -138,7 +138,7 @@ setup() {
   for node in "${nodes[@]}"; do
     run gcloud compute tpus tpu-vm scp "$archive" "$node:jaxbiqa.tgz" "${where[@]}" --worker=all
   done
-  on_workers "mkdir -p ~/jaxbiqa && tar -xzf ~/jaxbiqa.tgz -C ~/jaxbiqa && cd ~/jaxbiqa && python3 -m venv .venv && .venv/bin/pip install -q -e . 'jax[tpu]'"
+  on_workers "mkdir -p ~/jaxbiqa && tar -xzf ~/jaxbiqa.tgz -C ~/jaxbiqa && cd ~/jaxbiqa && python3 -m venv .venv && .venv/bin/pip install -q -e '.[gcs]' 'jax[tpu]'"
 }
 
 state=MISSING

@@ -1,11 +1,14 @@
 """Orbax checkpoints: exact round trip of a sharded training state with optimizer, step, RNG, data
-position and config; keep-N and save intervals; SIGTERM saves before a clean exit."""
+position and config; keep-N and save intervals (steps and minutes); unreadable steps reported and set
+aside; a full disk in one line; SIGTERM and SIGINT save before a clean exit; the same on a bucket."""
 
+import errno
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import grain
@@ -13,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from damage import truncate_array_files
 
-from jaxbiqa.checkpoint import Checkpointer, PreemptionGuard, restore_target
+from jaxbiqa.checkpoint import Checkpointer, PreemptionGuard, UnreadableCheckpoint, restore_target
 from jaxbiqa.config import Config, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,8 +157,96 @@ def test_guard_restores_previous_handler():
     with PreemptionGuard() as guard:
         assert not guard.requested and not guard.should_stop()
         os.kill(os.getpid(), signal.SIGTERM)
-        assert guard.requested and guard.should_stop()
+        assert guard.requested and guard.should_stop() and guard.received == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_ctrl_c_asks_to_stop_and_twice_stops_at_once():
+    before = signal.getsignal(signal.SIGINT)
+    with PreemptionGuard() as guard:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert guard.should_stop() and guard.received == "SIGINT"
+        with pytest.raises(KeyboardInterrupt, match="second interrupt"):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_disabled_guard_leaves_the_signals_alone():
+    before = signal.getsignal(signal.SIGINT)
+    with PreemptionGuard(enabled=False):
+        assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_time_based_save_interval(tmp_path):
+    with Checkpointer(tmp_path, save_interval_steps=1000, save_interval_minutes=0.002, async_save=False) as ckpt:
+        assert not ckpt.save(1, _small_state())  # neither interval reached
+        time.sleep(0.15)
+        assert ckpt.save(2, _small_state())      # 0.12 s passed
+        assert not ckpt.save(3, _small_state())  # the clock restarted at the save
+        assert ckpt.all_steps() == [2]
+
+
+@pytest.mark.parametrize("damage", ["truncated array file", "broken metadata"])
+def test_unreadable_step_is_reported_and_set_aside(tmp_path, damage):
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        for step in (1, 2):
+            ckpt.save(step, _small_state(step), force=True)
+    if damage == "truncated array file":
+        truncate_array_files(tmp_path / "2")
+    else:
+        (tmp_path / "2" / "state" / "_METADATA").write_text("{broken")
+    with Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(UnreadableCheckpoint, match=f"step 2 in {tmp_path} cannot be read") as caught:
+            ckpt.restore(restore_target(_small_state()))
+        assert "\n" not in str(caught.value) and caught.value.step == 2
+        ckpt.set_aside(2, "unreadable")
+        assert ckpt.all_steps() == [1] and (tmp_path / "2.unreadable").is_dir()
+        restored = ckpt.restore(restore_target(_small_state()))
+        assert restored.step == 1
+        assert ckpt.save(2, _small_state(5), force=True)  # the step can be saved again
+
+
+def test_a_target_that_does_not_fit_is_not_called_corrupt(tmp_path):
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(1, _small_state(), force=True)
+        wrong = {**_small_state(), "w": jnp.zeros((4, 5), jnp.float32)}
+        with pytest.raises(ValueError, match="step 1 .* does not fit this run's train state"):
+            ckpt.restore(restore_target(wrong))
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs (needs the right to mount; skipped where there is none)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_is_one_line_naming_the_folder_and_free_space(tiny_disk):
+    big = {"w": jax.random.normal(jax.random.key(0), (1024, 1024))}  # 4 MiB (incompressible) on a 1 MiB disk
+    with pytest.raises(OSError) as caught:
+        with Checkpointer(tiny_disk / "ckpt", async_save=True) as ckpt:
+            ckpt.save(1, big, force=True)
+    message = str(caught.value)
+    assert caught.value.errno == errno.ENOSPC and "\n" not in message
+    assert "disk full while saving" in message and str(tiny_disk / "ckpt") in message and "MiB free" in message
+
+
+def test_checkpoints_in_a_bucket(bucket):
+    directory = f"{bucket}/run/checkpoints"
+    with Checkpointer(directory, async_save=True) as ckpt:
+        for step in (1, 2):
+            ckpt.save(step, _small_state(step), key=jax.random.key(step), force=True)
+    with Checkpointer(directory) as ckpt:
+        assert ckpt.all_steps() == [1, 2]
+        restored = ckpt.restore(restore_target(_small_state()))
+    assert restored.step == 2
+    for name, value in _small_state(2).items():
+        np.testing.assert_array_equal(np.asarray(restored.state[name]), np.asarray(value))
 
 
 CHILD = textwrap.dedent("""

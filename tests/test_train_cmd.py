@@ -1,5 +1,7 @@
 """`jaxbiqa train` in subprocesses on a tiny config: a run killed with SIGKILL and resumed ends with
-the parameters of an uninterrupted run, and SIGTERM saves a checkpoint before the process exits.
+the parameters of an uninterrupted run, also when its latest checkpoint was left unreadable (it
+resumes from the one before) and when its output dir is a bucket (a real GCS API emulator); every
+step is logged once; SIGTERM and Ctrl-C save a checkpoint before the process exits.
 
 The processes share a persistent compilation cache, so only the first one compiles.
 """
@@ -16,10 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
+from safetensors.numpy import load as load_safetensors
 
 sys.path.insert(0, str(Path(__file__).parent / "rl"))
+from damage import truncate_array_files  # noqa: E402
 from trainer_helpers import make_assets, write_config_file  # noqa: E402
+
+from jaxbiqa.paths import as_path  # noqa: E402
 
 pytestmark = pytest.mark.slow  # subprocess trainings killed and resumed
 
@@ -40,9 +45,10 @@ def _env(root: Path) -> dict[str, str]:
     return env
 
 
-def _train(root: Path, config: Path, *extra: str) -> subprocess.Popen:
+def _train(root: Path, config: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "jaxbiqa.cli", "train", "--config", str(config), "--quiet", *extra],
-                            env=_env(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env={**_env(root), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=root)
 
 
 def _finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
@@ -50,16 +56,16 @@ def _finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, 
     return process.returncode, out, err
 
 
-def _checkpoints(output: Path) -> list[int]:
-    folder = output / "checkpoints"
+def _checkpoints(output: Path | str) -> list[int]:
+    folder = as_path(output) / "checkpoints"
     if not folder.is_dir():
         return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "commit_success.txt").exists())
 
 
-def _log_steps(output: Path) -> list[int]:
-    path = output / "train_log.jsonl"
-    if not path.is_file():
+def _log_steps(output: Path | str) -> list[int]:
+    path = as_path(output) / "train_log.jsonl"
+    if not path.exists():
         return []
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r["step"] for r in lines if r["stage"] != "eval"]
@@ -77,52 +83,83 @@ def _wait_for(condition, process: subprocess.Popen, timeout: float = 300) -> Non
         time.sleep(0.02)
 
 
-def _params(output: Path) -> dict[str, np.ndarray]:
-    return load_file(str(output / "policy" / "model.safetensors"))
+def _params(output: Path | str) -> dict[str, np.ndarray]:
+    return load_safetensors((as_path(output) / "policy" / "model.safetensors").read_bytes())
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(assets):
+@pytest.fixture(scope="module")
+def straight(assets) -> tuple[dict[str, np.ndarray], int]:
+    """The parameters and last step of an uninterrupted run."""
     root, model_dir, data_dir = assets
-    straight_out, killed_out = root / "straight", root / "killed"
-    straight = write_config_file(root / "straight.py", model_dir, data_dir, straight_out)
-    killed = write_config_file(root / "killed.py", model_dir, data_dir, killed_out)
-
-    rc, out, err = _finish(_train(root, straight))
+    rc, out, err = _finish(_train(root, write_config_file(root / "straight.py", model_dir, data_dir, root / "straight")))
     assert rc == 0, err[-3000:]
-    final_step = json.loads(out.strip().splitlines()[-1])["step"]
+    return _params(root / "straight"), json.loads(out.strip().splitlines()[-1])["step"]
 
-    process = _train(root, killed)
-    # killed in the GRPO stage, after its first checkpoint (the warm start is 2 steps, saves every 2)
-    _wait_for(lambda: any(s >= 4 for s in _checkpoints(killed_out)), process)
+
+def _killed_and_resumed(root: Path, config: Path, output: Path | str, straight, *, damage_latest: bool = False,
+                        env: dict[str, str] | None = None) -> str:
+    """Kill the run of `config` with SIGKILL mid-GRPO, resume it, check it ends as the straight run."""
+    expected, final_step = straight
+    process = _train(root, config, env=env)
+    # killed in the GRPO stage, after its first checkpoint (the warm start is 2 steps, saves every 2);
+    # with damage, once there is one before it to fall back to
+    _wait_for(lambda: sum(s >= 2 for s in _checkpoints(output)) >= (3 if damage_latest else 2), process)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
-    stopped_at = max(_checkpoints(killed_out))
+    stopped_at = max(_checkpoints(output))
     assert 4 <= stopped_at < final_step, "the kill must land mid-run"
-    assert not (killed_out / "policy").exists()
+    assert not (as_path(output) / "policy").exists()
+    if damage_latest:
+        truncate_array_files(Path(output) / "checkpoints" / str(stopped_at))
 
-    rc, out, err = _finish(_train(root, killed, "--resume"))
+    rc, out, err = _finish(_train(root, config, "--resume", env=env))
     assert rc == 0, err[-3000:]
     assert json.loads(out.strip().splitlines()[-1])["step"] == final_step
-    expected, resumed = _params(straight_out), _params(killed_out)
+    resumed = _params(output)
     assert expected.keys() == resumed.keys()
     for name in expected:
         np.testing.assert_allclose(resumed[name], expected[name], rtol=0, atol=1e-6, err_msg=name)
-    # the resumed run logged the steps after the checkpoint, once each
-    steps = _log_steps(killed_out)
-    assert sorted(set(steps)) == list(range(1, final_step + 1))
+    # every step logged once, the redone ones too
+    assert sorted(_log_steps(output)) == list(range(1, final_step + 1))
+    return err
 
 
-def test_sigterm_saves_a_checkpoint_before_exit(assets):
+def test_sigkill_then_resume_matches_an_uninterrupted_run(assets, straight):
     root, model_dir, data_dir = assets
-    output = root / "sigterm"
-    config = write_config_file(root / "sigterm.py", model_dir, data_dir, output)
+    output = root / "killed"
+    _killed_and_resumed(root, write_config_file(root / "killed.py", model_dir, data_dir, output), output, straight)
+
+
+def test_unreadable_latest_checkpoint_resumes_from_the_one_before(assets, straight):
+    root, model_dir, data_dir = assets
+    output = root / "damaged"
+    err = _killed_and_resumed(root, write_config_file(root / "damaged.py", model_dir, data_dir, output), output,
+                              straight, damage_latest=True)
+    unreadable = [p.name for p in (output / "checkpoints").iterdir() if p.name.endswith(".unreadable")]
+    assert len(unreadable) == 1 and f"checkpoint step {unreadable[0].split('.')[0]} in" in err
+    assert "cannot be read" in err and "resuming from step" in err
+
+
+def test_a_run_in_a_bucket_is_killed_and_resumes_from_the_bucket(assets, straight, gcs):
+    root, model_dir, data_dir = assets
+    output = gcs.bucket() + "/tiny"
+    config = write_config_file(root / "bucket.py", model_dir, data_dir, output)
+    _killed_and_resumed(root, config, output, straight, env=gcs.environment())
+    assert not (root / "gs:").exists()  # nothing went to a local folder named after the scheme
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_save_a_checkpoint_before_exit(assets, sig):
+    root, model_dir, data_dir = assets
+    output = root / sig.name
+    config = write_config_file(root / f"{sig.name}.py", model_dir, data_dir, output)
     process = _train(root, config)
     _wait_for(lambda: len(_log_steps(output)) >= 3, process)  # in the loop, past the first GRPO step
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
     rc, _, err = _finish(process)
     assert rc == PREEMPTED, err[-3000:]
-    assert "SIGTERM" in err
+    assert sig.name in err and "Traceback" not in err
     last_logged = max(_log_steps(output))
     assert _checkpoints(output)[-1] == last_logged, "the step it stopped at is saved"
     assert not (output / "policy").exists(), "a pre-empted run does not finish"

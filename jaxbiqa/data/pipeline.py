@@ -460,6 +460,16 @@ class _BatchRowsIterator(grain.DatasetIterator):
                 self._report.add(where, reason)
         return collate([{k: v for k, v in row.items() if not k.startswith("_")} for row in rows])
 
+    @property
+    def epoch(self) -> int:
+        """The epoch of the batches returned last (0-based)."""
+        return self._epoch
+
+    @property
+    def skipped_records(self) -> int:
+        """Bad records skipped so far in this epoch (`on_bad_record="skip"`), this process's share."""
+        return len(self._report)
+
     def get_state(self) -> dict[str, Any]:
         return {"parent": self._parent.get_state(), "epoch": self._epoch,
                 "skipped": [list(entry) for entry in self._report.entries], "finished": self._finished}

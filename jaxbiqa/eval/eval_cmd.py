@@ -25,7 +25,8 @@ import argparse
 import dataclasses
 import re
 import time
-from pathlib import Path
+
+from etils import epath
 
 from jaxbiqa.config import Config, EvalSection, eval_settings
 from jaxbiqa.config_cmd import add_config_arguments
@@ -33,6 +34,7 @@ from jaxbiqa.data.records import SkipReport
 from jaxbiqa.demo_assets import resolve_demo_model
 from jaxbiqa.eval.policy import CHECKPOINTS_DIR, Policy, load_policy
 from jaxbiqa.eval.predictions_cmd import format_table
+from jaxbiqa.paths import as_path
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_decoding_arguments(parser)
     parser.add_argument("--max-examples", type=int, default=None,
                         help="evaluate the first N records only (0: all; default: eval.max_examples)")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", default=None,
                         help="output folder (default: <run directory or output_dir>/eval/<mode>[_<decoding>])")
     parser.add_argument("--lower-is-better", nargs="+", default=None, metavar="DATASET",
                         help="DMOS datasets besides those named like 'csiq' (target negated; default: "
@@ -85,14 +87,14 @@ def settings_from_args(args: argparse.Namespace, config: Config) -> EvalSection:
     return eval_settings(config, **{k: v for k, v in given.items() if v is not None}, progress=not args.no_progress)
 
 
-def default_out(policy: Policy, mode: str, decoding: str) -> Path:
+def default_out(policy: Policy, mode: str, decoding: str) -> epath.Path:
     source = policy.source
     if source["kind"] == "orbax":
-        directory = Path(source["path"])
+        directory = as_path(source["path"])
         base = directory.parent if directory.name == CHECKPOINTS_DIR else directory
         name = f"{mode}_{decoding}_step{source['step']}" if mode == "generate" else f"{mode}_step{source['step']}"
     else:
-        base = Path(policy.config.output_dir)
+        base = as_path(policy.config.output_dir)
         name = f"{mode}_{decoding}" if mode == "generate" else mode
     return base / "eval" / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 

@@ -21,7 +21,10 @@ JSON-lines schema of `jaxbiqa.eval.predictions`: `dataset`, `image` (the record 
 `caption_score`, `perception_text` (pass 1), `reasoning_text` (pass 2 from caption + think) and
 `caption_answer_text` (pass 2 from the caption), so `jaxbiqa eval-predictions` reads it back to the
 same figures. Records without any target are written to `predictions_no_target.jsonl` (same keys,
-no `gt_score`) and only count for ROUGE.
+no `gt_score`) and only count for ROUGE. The rows are written as they come to
+`predictions.jsonl.partial` and renamed when the evaluation completes; an evaluation that fails
+or is stopped (`should_stop`) leaves the `.partial` file, which `eval-predictions` does not read.
+The output folder may be local or `gs://...` (staged on this machine, uploaded at the end).
 
 Metrics per dataset, in `jaxbiqa eval-predictions --json` layout: for each of the three ratings
 PLCC / SRCC / KRCC / RMSE raw and PLCC / RMSE after the logistic fit (`metrics.iqa_metrics`), the
@@ -35,15 +38,19 @@ that `eval_pipeline` fills.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from etils import epath
 
 from jaxbiqa.config import EvalSection, RolloutSection
 from jaxbiqa.data.human_text import HUMAN_FIELDS, human_text
@@ -52,6 +59,7 @@ from jaxbiqa.eval.alignment import rouge1_alignment
 from jaxbiqa.eval.metrics import gap, iqa_metrics, is_lower_is_better
 from jaxbiqa.eval.predictions import SCORE_COLUMNS, json_safe
 from jaxbiqa.parse import caption_text, parse_rating, tag_content
+from jaxbiqa.paths import PathLike, as_path, atomic_write, is_local
 from jaxbiqa.rollout.batch import PromptBatch
 from jaxbiqa.rollout.engine import Rollout
 
@@ -59,6 +67,7 @@ PREDICTIONS_FILE = "predictions.jsonl"
 NO_TARGET_FILE = "predictions_no_target.jsonl"
 HUMAN_FILE = "human.json"
 METRICS_FILE = "metrics.json"
+PARTIAL = ".partial"  # the suffix of rows written by an evaluation that has not completed
 SKIPPED_EXAMPLES = 10  # skipped records named in metrics.json
 
 
@@ -201,29 +210,35 @@ def dataset_metrics(name: str, rows: Sequence[Mapping[str, Any]], settings: Eval
 
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
-    predictions: Path
-    metrics_file: Path
-    human_file: Path | None
+    predictions: epath.Path
+    metrics_file: epath.Path
+    human_file: epath.Path | None
     n: int  # images evaluated
     metrics: dict  # the content of metrics.json
 
 
 class PredictionWriter:
-    """Writes prediction rows as they come (`PREDICTIONS_FILE`, `NO_TARGET_FILE`), keeps what the
-    metrics need, and at `finish` writes the human texts and the metrics."""
+    """Writes prediction rows as they come (`PREDICTIONS_FILE`, `NO_TARGET_FILE`, each with the
+    `PARTIAL` suffix until `finish`), keeps what the metrics need, and at `finish` writes the human
+    texts and the metrics. Rows go to a local folder: `out_dir` itself, or for a remote `out_dir` a
+    staging folder uploaded by `finish` (and by `close` for the partial rows of a failed run)."""
 
-    def __init__(self, out_dir: str | Path, settings: EvalSection):
-        self.out_dir = Path(out_dir)
+    def __init__(self, out_dir: PathLike, settings: EvalSection):
+        self.out_dir = as_path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._stack = contextlib.ExitStack()
+        self.staging = (Path(self.out_dir) if is_local(self.out_dir) else
+                        Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="jaxbiqa-eval-"))))
         self.settings = settings
-        self.predictions = self.out_dir / PREDICTIONS_FILE
-        self.no_target = self.out_dir / NO_TARGET_FILE
-        self.no_target.unlink(missing_ok=True)
-        self._handle = open(self.predictions, "w", encoding="utf-8")
+        self._rows = {name: self.staging / (name + PARTIAL) for name in (PREDICTIONS_FILE, NO_TARGET_FILE)}
+        for path in self._rows.values():
+            path.unlink(missing_ok=True)
+        self._handles = {name: open(path, "w", encoding="utf-8") for name, path in self._rows.items()}
         self.scored: dict[str, list[dict]] = {}
         self.completions: dict[str, dict[str, str]] = {}  # dataset -> image -> pass-1 text, every row
         self.human: dict[str, dict[str, str]] = {}
         self.count = self.unscored = 0
+        self.finished = False
 
     def add(self, record: dict[str, Any]) -> None:
         texts = record.pop("_human", None)
@@ -236,33 +251,59 @@ class PredictionWriter:
             self.completions.setdefault(record["dataset"], {})[record["image"]] = record["perception_text"]
         if "gt_score" in record:
             scored.append(record)
-            self._handle.write(line)
+            self._handles[PREDICTIONS_FILE].write(line)
         else:
             self.unscored += 1
-            with open(self.no_target, "a", encoding="utf-8") as other:
-                other.write(line)
+            self._handles[NO_TARGET_FILE].write(line)
+
+    def _publish(self, suffix: str = "") -> None:
+        """The rows' files under their names (+ `suffix`): renamed in place, or uploaded."""
+        for handle in self._handles.values():
+            handle.close()
+        for name, path in self._rows.items():
+            if name == NO_TARGET_FILE and not self.unscored:
+                path.unlink(missing_ok=True)
+                (self.out_dir / name).unlink(missing_ok=True)
+                continue
+            if is_local(self.out_dir):
+                os.replace(path, self.staging / (name + suffix))
+            else:
+                atomic_write(self.out_dir / (name + suffix), path.read_bytes())
 
     def finish(self, extra: Mapping[str, Any] | None = None) -> EvalResult:
-        self._handle.close()
         if not self.count:
             raise ValueError("evaluation saw no records (an empty eval split?)")
+        self._publish()
         human_file = None
         references = {image: human_text(fields) for image, fields in self.human.items()}
         if self.human:
-            human_file = self.out_dir / HUMAN_FILE
-            human_file.write_text(json.dumps(list(self.human.values()), indent=1, ensure_ascii=False) + "\n",
-                                  encoding="utf-8")
+            human_file = atomic_write(self.out_dir / HUMAN_FILE,
+                                      json.dumps(list(self.human.values()), indent=1, ensure_ascii=False) + "\n")
         datasets = {}
         for name in sorted(self.scored):
             completions = self.completions.get(name, {})
             texts = {image: references[image] for image in completions if image in references}
             datasets[name] = dataset_metrics(name, self.scored[name], self.settings, completions, texts or None)
         metrics = json_safe({"settings": dataclasses.asdict(self.settings), **dict(extra or {}), "n": self.count,
-                              "n_without_target": self.unscored, "predictions": self.predictions.name,
-                              "human": human_file.name if human_file else None, "datasets": datasets})
-        metrics_file = self.out_dir / METRICS_FILE
-        metrics_file.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-        return EvalResult(self.predictions, metrics_file, human_file, self.count, metrics)
+                              "n_without_target": self.unscored, "predictions": PREDICTIONS_FILE,
+                              "human": HUMAN_FILE if human_file else None, "datasets": datasets})
+        metrics_file = atomic_write(self.out_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+        self.finished = True
+        return EvalResult(self.out_dir / PREDICTIONS_FILE, metrics_file, human_file, self.count, metrics)
+
+    def close(self) -> None:
+        """After `finish`, or after a failure: then the rows so far are kept as `*.partial`."""
+        try:
+            if not self.finished:
+                self._publish(PARTIAL)
+        finally:
+            self._stack.close()
+
+    def __enter__(self) -> "PredictionWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _limited(batches: Iterable[Mapping[str, np.ndarray]], settings: EvalSection, total: int | None, what: str):
@@ -304,31 +345,37 @@ def skip_counts(skipped: SkipReport | None) -> dict[str, Any]:
                                                                   skipped.entries[:SKIPPED_EXAMPLES]]}
 
 
-def evaluate(model, processor, batches: Iterable[Mapping[str, np.ndarray]], out_dir: str | Path, *,
+def evaluate(model, processor, batches: Iterable[Mapping[str, np.ndarray]], out_dir: PathLike, *,
              rollout: RolloutSection, settings: EvalSection, total: int | None = None,
-             extra: Mapping[str, Any] | None = None, skipped: SkipReport | None = None) -> EvalResult:
+             extra: Mapping[str, Any] | None = None, should_stop: Callable[[], bool] | None = None,
+             skipped: SkipReport | None = None) -> EvalResult:
     """Generate with `model` on `batches` (e.g. `eval_pipeline`) and write predictions, human texts
     and metrics into `out_dir` (see the module doc). `settings` is a config's `eval` section with its
     batch size resolved (`jaxbiqa.config.eval_settings`); `total` (records) sizes the progress bar;
     `extra` is stored in metrics.json (e.g. the checkpoint evaluated), and so are the counts of
-    `skipped` (the report `eval_pipeline` fills)."""
+    `skipped` (the report `eval_pipeline` fills). `should_stop` is asked after each batch: when it
+    says so, the rows so far are kept as `.partial` and InterruptedError is raised."""
     _check_batch_size(settings)
     evaluator = Evaluator(processor, rollout, model.config.text.vocab_size, settings)
-    writer = PredictionWriter(out_dir, settings)
     base_key = jax.random.key(settings.seed)
     compiles = Evaluator.compile_count()
-    for index, batch, rows in _limited(batches, settings, total, "evaluate"):
-        full, _ = fill_batch(batch, settings.batch_size)
-        out = evaluator(model, evaluator.prepare(model, full), jax.random.fold_in(base_key, index))
-        for record in prediction_rows(full, out, rows, settings.strict_parse):
-            writer.add(record)
-    info = {"mode": "generate", "compiles": Evaluator.compile_count() - compiles,
-            "max_new_tokens": {"pass1": evaluator.pass1.max_new_tokens, "pass2": evaluator.pass2.max_new_tokens},
-            "two_pass": evaluator.two_pass}
-    return writer.finish({**info, **dict(extra or {}), **skip_counts(skipped)})
+    with PredictionWriter(out_dir, settings) as writer:
+        for index, batch, rows in _limited(batches, settings, total, "evaluate"):
+            full, _ = fill_batch(batch, settings.batch_size)
+            out = evaluator(model, evaluator.prepare(model, full), jax.random.fold_in(base_key, index))
+            for record in prediction_rows(full, out, rows, settings.strict_parse):
+                writer.add(record)
+            if should_stop is not None and should_stop():
+                raise InterruptedError(f"evaluation stopped after {writer.count} records; they are in "
+                                       f"{writer.out_dir / (PREDICTIONS_FILE + PARTIAL)}")
+        info = {"mode": "generate", "compiles": Evaluator.compile_count() - compiles,
+                "max_new_tokens": {"pass1": evaluator.pass1.max_new_tokens,
+                                   "pass2": evaluator.pass2.max_new_tokens},
+                "two_pass": evaluator.two_pass}
+        return writer.finish({**info, **dict(extra or {}), **skip_counts(skipped)})
 
 
-def evaluate_qalign(model, processor, batches: Iterable[Mapping[str, np.ndarray]], out_dir: str | Path, *,
+def evaluate_qalign(model, processor, batches: Iterable[Mapping[str, np.ndarray]], out_dir: PathLike, *,
                     settings: EvalSection, prompt=None, total: int | None = None,
                     extra: Mapping[str, Any] | None = None, skipped: SkipReport | None = None) -> EvalResult:
     """Probability scoring (`jaxbiqa.eval.qalign`, no generation) of the decoded images of `batches`
@@ -337,14 +384,14 @@ def evaluate_qalign(model, processor, batches: Iterable[Mapping[str, np.ndarray]
 
     _check_batch_size(settings)
     prompt = prompt or QAlignPrompt()
-    writer = PredictionWriter(out_dir, settings)
-    for _, batch, rows in _limited(batches, settings, total, "probability scoring"):
-        scores = qalign_scores(model, processor, list(batch["image"][:rows]), batch_size=settings.batch_size,
-                               prompt=prompt)
-        for i in range(rows):
-            writer.add({**base_record(batch, i), "overall_score": _finite(scores[i])})
-    info = {"mode": "qalign", "prompt": dataclasses.asdict(prompt)}
-    return writer.finish({**info, **dict(extra or {}), **skip_counts(skipped)})
+    with PredictionWriter(out_dir, settings) as writer:
+        for _, batch, rows in _limited(batches, settings, total, "probability scoring"):
+            scores = qalign_scores(model, processor, list(batch["image"][:rows]), batch_size=settings.batch_size,
+                                   prompt=prompt)
+            for i in range(rows):
+                writer.add({**base_record(batch, i), "overall_score": _finite(scores[i])})
+        info = {"mode": "qalign", "prompt": dataclasses.asdict(prompt)}
+        return writer.finish({**info, **dict(extra or {}), **skip_counts(skipped)})
 
 
 def eval_pipeline(data, processor=None, split: str = "eval", skipped: SkipReport | None = None):

@@ -10,17 +10,18 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from etils import epath
 from flax import nnx
 
 from jaxbiqa.checkpoint import Checkpointer
 from jaxbiqa.config import Config, UserError, apply_override, from_dict, load_config
 from jaxbiqa.models.build import abstract_policy, build_policy, build_processor, has_weights, weights_source
 from jaxbiqa.models.qwen2_5_vl.weights import missing_weights
+from jaxbiqa.paths import PathLike, as_path
 
 CHECKPOINTS_DIR = "checkpoints"
 RUN_CONFIG = "config.json"  # the resolved config a training run writes into its output directory
@@ -37,17 +38,18 @@ class CheckpointError(UserError):
     """A --checkpoint path that cannot be loaded; the message says what was expected."""
 
 
-def _is_step_dir(path: Path) -> bool:
-    return path.is_dir() and path.name.isdigit()
+def _is_step_dir(path: epath.Path) -> bool:
+    return path.name.isdigit() and path.is_dir()
 
 
-def _has_steps(path: Path) -> bool:
+def _has_steps(path: epath.Path) -> bool:
     return path.is_dir() and any(_is_step_dir(p) for p in path.iterdir())
 
 
-def find_checkpoint(path: str | Path) -> tuple[str, Path, int | None]:
-    """("hf", folder, None) or ("orbax", checkpoint directory, step or None) for a --checkpoint PATH."""
-    path = Path(path)
+def find_checkpoint(path: PathLike) -> tuple[str, epath.Path, int | None]:
+    """("hf", folder, None) or ("orbax", checkpoint directory, step or None) for a --checkpoint PATH
+    (local or `gs://...`)."""
+    path = as_path(path)
     if not path.exists():
         raise CheckpointError(f"--checkpoint {path}: no such file or directory")
     if has_weights(path):
@@ -58,7 +60,7 @@ def find_checkpoint(path: str | Path) -> tuple[str, Path, int | None]:
         if saved.is_file():  # a run may keep its checkpoints elsewhere (checkpoint.directory)
             custom = json.loads(saved.read_text()).get("checkpoint", {}).get("directory")
             if custom:
-                directory = Path(custom)
+                directory = as_path(custom)
         if not _has_steps(directory):
             raise CheckpointError(f"--checkpoint {path}: the run has no checkpoint yet in {directory}")
         return "orbax", directory, None
@@ -86,7 +88,7 @@ def _path_key(path: Sequence[Any]) -> str:
     return "/".join(names[:-1] if names and names[-1] == "value" else names)
 
 
-def restore_parameters(directory: Path, step: int | None) -> tuple[int, dict[str, Any], dict | None]:
+def restore_parameters(directory: PathLike, step: int | None) -> tuple[int, dict[str, Any], dict | None]:
     """(step, {state path: host array}, saved config) of a training checkpoint written by the trainer:
     its train state's `params` and `frozen` parts together hold every variable of the model."""
     try:

@@ -11,42 +11,43 @@
 `weights_source` says which of the two a section gives, for the metadata of what was evaluated.
 The tokenizer comes from `model.tokenizer`, else from the model folder; the image processor from
 the model folder's `preprocessor_config.json` (Qwen's defaults without one) with the data
-section's `min_pixels` / `max_pixels`. `model.lora_rank > 0` adds LoRA adapters.
+section's `min_pixels` / `max_pixels`. `model.lora_rank > 0` adds LoRA adapters. Folders may be
+local or in a bucket (`gs://...`, `jaxbiqa.paths`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from etils import epath
 from flax import nnx
 
 from jaxbiqa.config import ConfigError, DataSection
 from jaxbiqa.models.qwen2_5_vl import LoraConfig, ModelConfig, Qwen2_5_VLForConditionalGeneration
 from jaxbiqa.models.qwen2_5_vl.weights import (
     INDEX_FILE, SINGLE_FILE, abstract_model, load_model, missing_weights, read_config)
+from jaxbiqa.paths import as_path
 from jaxbiqa.processing import Processor, load_image_processor, load_tokenizer
 from jaxbiqa.prompts import prompt_set
 from jaxbiqa.sharding import DEFAULT_RULES, LogicalRules
 
 
-def resolve_model_path(path: str) -> Path:
+def resolve_model_path(path: str) -> epath.Path:
     """The model folder or config file of `model.path`."""
     if not path:
         raise ConfigError("model.path is empty: set it to a Qwen2.5-VL folder or a config.json")
     if path.startswith("demo:"):
         raise ConfigError(f"model.path {path!r} names the demo model, which the commands build: pass the config "
                          "through jaxbiqa.demo_assets.resolve_demo_model first")
-    resolved = Path(path)
+    resolved = as_path(path)
     if not resolved.exists():
         raise ConfigError(f"model.path {path!r} does not exist (a Qwen2.5-VL folder or a config.json)")
     return resolved
 
 
-def has_weights(path: Path) -> bool:
+def has_weights(path: epath.Path) -> bool:
     return path.is_dir() and ((path / SINGLE_FILE).is_file() or (path / INDEX_FILE).is_file())
 
 
-def model_config(section, path: Path) -> ModelConfig:
+def model_config(section, path: epath.Path) -> ModelConfig:
     """The ModelConfig of `path` with the section's dtypes, remat, scanned layers and LoRA."""
     lora = None
     if section.lora_rank > 0:
@@ -94,5 +95,5 @@ def build_processor(section, data: DataSection = DataSection()) -> Processor:
         raise ConfigError(f"data.prompts: {err.args[0]}") from None
     path = resolve_model_path(section.path)
     folder = path if path.is_dir() else path.parent
-    tokenizer = load_tokenizer(Path(section.tokenizer) if section.tokenizer else folder)
+    tokenizer = load_tokenizer(section.tokenizer or folder)
     return Processor(tokenizer, load_image_processor(folder, data.min_pixels, data.max_pixels), prompts)

@@ -8,7 +8,10 @@
   that TensorBoard output is off and carries on.
 * `samples.log`: a few completions every N steps, readable as text.
 * a tqdm progress bar with ETA on stderr; the JSON lines stay the machine-readable record.
-Only the main process (JAX process 0) writes.
+Only the main process (JAX process 0) writes. A resumed run (`initial_step` > 0) first cuts the
+log and the samples back to that step (and TensorBoard purges later events), so every step
+appears once. An object store cannot append: for a `gs://` output dir the files are kept in a
+local folder and uploaded whole by `sync` (the trainer calls it with every checkpoint) and `close`.
 """
 
 from __future__ import annotations
@@ -16,11 +19,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jaxbiqa.paths import PathLike, as_path, atomic_write, is_local
 
 log = logging.getLogger("jaxbiqa.train")
 
@@ -44,6 +52,32 @@ def _plain(value: Any) -> Any:
     return number
 
 
+_SAMPLES_HEADER = re.compile(r"^===== step (\d+) ")
+
+
+def _cut_log(text: str, step: int) -> str:
+    """The JSON-lines log without records after `step` (a torn last line is dropped too)."""
+    kept = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    return "".join(kept)
+
+
+def _cut_samples(text: str, step: int) -> str:
+    """The samples log up to the first block of a step after `step`."""
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        match = _SAMPLES_HEADER.match(line)
+        if match and int(match.group(1)) > step:
+            return "".join(lines[:i])
+    return text
+
+
 def _scalars(record: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     out = {}
     for key, value in record.items():
@@ -57,17 +91,23 @@ def _scalars(record: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 class MetricsLogger:
     """JSON lines + TensorBoard + sample log + progress bar for one run (see the module docstring)."""
 
-    def __init__(self, output_dir: str | Path, *, total_steps: int, initial_step: int = 0, tensorboard: bool = True,
+    def __init__(self, output_dir: PathLike, *, total_steps: int, initial_step: int = 0, tensorboard: bool = True,
                  progress: bool = True, enabled: bool = True):
         self.enabled = enabled
-        self.directory = Path(output_dir)
+        self.directory = as_path(output_dir)
         self._tb = None
         self._bar = None
         if not enabled:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.directory / LOG_FILE, "a", encoding="utf-8")
-        self._samples = open(self.directory / SAMPLES_FILE, "a", encoding="utf-8")
+        self.local = Path(self.directory) if is_local(self.directory) else Path(tempfile.mkdtemp(prefix="jaxbiqa-"))
+        for name, cut in ((LOG_FILE, _cut_log), (SAMPLES_FILE, _cut_samples)):
+            kept = self.directory / name
+            if kept.exists():
+                text = kept.read_text(encoding="utf-8")
+                atomic_write(self.local / name, cut(text, initial_step) if initial_step else "")
+        self._log = open(self.local / LOG_FILE, "a", encoding="utf-8")
+        self._samples = open(self.local / SAMPLES_FILE, "a", encoding="utf-8")
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
@@ -75,7 +115,8 @@ class MetricsLogger:
                 log.warning("tensorboardX is not installed: no TensorBoard event files (pip install tensorboardX); "
                             "the JSON-lines log %s has every metric", self.directory / LOG_FILE)
             else:
-                self._tb = SummaryWriter(str(self.directory / TB_DIR))
+                # events after the resumed step are purged by TensorBoard
+                self._tb = SummaryWriter(str(self.local / TB_DIR), purge_step=initial_step + 1 if initial_step else None)
         if progress:
             from tqdm import tqdm
 
@@ -121,6 +162,21 @@ class MetricsLogger:
                                   refresh=False)
         self._bar.update(steps)
 
+    def sync(self) -> None:
+        """Make what was written so far durable in the output dir (uploaded when it is remote)."""
+        if not self.enabled:
+            return
+        for handle in (self._log, self._samples, self._tb):
+            if handle is not None:
+                handle.flush()
+        if not is_local(self.directory):
+            self._upload()
+
+    def _upload(self) -> None:
+        for path in sorted(self.local.rglob("*")):
+            if path.is_file():
+                atomic_write(self.directory / path.relative_to(self.local).as_posix(), path.read_bytes())
+
     def close(self) -> None:
         if not self.enabled:
             return
@@ -130,6 +186,9 @@ class MetricsLogger:
             self._tb.close()
         self._log.close()
         self._samples.close()
+        if not is_local(self.directory):
+            self._upload()
+            shutil.rmtree(self.local, ignore_errors=True)
 
     def __enter__(self) -> "MetricsLogger":
         return self

@@ -1,6 +1,6 @@
 """`jaxbiqa train`: the warm start and two-pass GRPO of a recipe, into its output directory.
 
-    jaxbiqa train --config demo_cpu [--set key=value ...] [--resume]
+    jaxbiqa train --config demo_cpu [--set key=value ...] [--resume | --resume-step N]
     launch/local_cluster.sh -n 2 -d 4 -- jaxbiqa train --config demo_cpu   # 2 processes x 4 CPU devices
 
 The mesh is `runtime.mesh` (and `runtime.dcn_mesh`); under a launcher (`launch/`) every process
@@ -11,7 +11,9 @@ per step over all processes: the same config takes the same steps on 1 process o
 Writes under `output_dir`: `config.json` (the resolved config), `checkpoints/`, `train_log.jsonl`,
 `tensorboard/`, `samples.log`, `policy/` (a Hugging Face checkpoint of the trained policy),
 `eval/<stage>/predictions.jsonl` and `summary.json`. Exit status: 0 when done, 2 for a user error
-(a bad config, bad data, an unwritable path: one line, `jaxbiqa.cli`), 75 when stopped by SIGTERM after saving a checkpoint (run again with `--resume`).
+(a bad config, bad data, an unwritable path, a run of skipped updates: one line, `jaxbiqa.cli`), 75
+when stopped by SIGTERM or Ctrl-C after saving a checkpoint (run again with `--resume`; Ctrl-C twice
+stops at once, unsaved). `output_dir` may be a bucket (`gs://...`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ PREEMPTED = 75  # EX_TEMPFAIL: try again (with --resume)
 def configure(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--resume", action="store_true",
-                        help="continue from the latest checkpoint in the output directory")
+                        help="continue from the latest checkpoint in the output directory (one that cannot be "
+                             "read is set aside and the one before it used)")
+    parser.add_argument("--resume-step", type=int, default=None, metavar="N",
+                        help="continue from the checkpoint of step N; later checkpoints are set aside "
+                             "(renamed <step>.superseded)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar; warnings only")
 
 
@@ -49,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
 
         train = dataclasses.replace(train, progress=False)
     trainer = Trainer.from_runtime(config, train=train)  # the mesh of config.runtime, on every process
-    result = trainer.run(resume=args.resume)
+    result = trainer.run(resume=args.resume or args.resume_step is not None, resume_step=args.resume_step)
     if result.preempted:
-        print(f"stopped by SIGTERM at step {result.step}, checkpoint saved; continue with --resume",
+        print(f"stopped by a signal at step {result.step}, checkpoint saved; continue with --resume",
               file=sys.stderr)
         return PREEMPTED
     final = result.eval.get("final")

@@ -17,16 +17,21 @@ once as GRPO starts, in `<checkpoints>/reference` (`Checkpointer.save_item`), an
 
 Checkpoints (`config.checkpoint`, under `<output_dir>/checkpoints`): the stage's train state, the
 RNG key, the data iterator position and the resolved config (beside them, once: the reference), every
-`save_interval_steps` steps, at the end of each stage and on SIGTERM (saved after the current
-step, then `run` returns `preempted`). Steps count both stages: 1..S are warm-start steps, S+1..
-are GRPO rollouts, so a checkpoint's step says which state it holds. Randomness: step k uses
-`fold_in(key, k)`, so a resumed run draws what the uninterrupted one would have.
+`save_interval_steps` steps or `save_interval_minutes`, at the end of each stage and on SIGTERM or
+SIGINT (saved after the current step, then `run` returns `preempted`; a signal during the export or
+the final evaluation stops the run there, the checkpoints being complete). Steps count both stages:
+1..S are warm-start steps, S+1.. are GRPO rollouts, so a checkpoint's step says which state it
+holds. Randomness: step k uses `fold_in(key, k)`, so a resumed run draws what the uninterrupted one
+would have. Resuming uses the latest step (or `resume_step`); a latest step that cannot be read is
+reported, set aside (`<step>.unreadable`) and the run resumes from the one before it; steps after a
+chosen `resume_step` are set aside as `<step>.superseded`. The logs are cut back to the resumed
+step, so every step appears once. `output_dir` may be local or `gs://...` (`jaxbiqa.paths`).
 
 Skips, named apart in train_log.jsonl: an update with a non-finite loss or gradient is skipped
 (`skipped_update` 1 at that step, `skipped_updates` the total), and a run of them stops the run with
 an error (`train.max_consecutive_skipped_updates`); bad records skipped under
-`data.on_bad_record="skip"` are counted per epoch (`epoch`, `skipped_records` in the record after
-the epoch ends; this process's share of the data), and the evaluation's in its metrics.json.
+`data.on_bad_record="skip"` are counted in each step's record (`skipped_records` so far in its
+`epoch` of the data, this process's share), and the evaluation's in its metrics.json.
 
 At the end: the policy as a Hugging Face checkpoint (`<output_dir>/policy`, LoRA merged, with the
 tokenizer) and the evaluation hook (`jaxbiqa.eval.evaluate` with `config.eval`, `<output_dir>/eval/`).
@@ -67,7 +72,6 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -77,7 +81,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxbiqa import distributed
-from jaxbiqa.checkpoint import Checkpointer, PreemptionGuard, restore_target
+from jaxbiqa.checkpoint import Checkpointer, PreemptionGuard, UnreadableCheckpoint, restore_target
 from jaxbiqa.config import Config, ConfigError, TrainSection, UserError, check_master_weights, eval_settings, to_dict
 from jaxbiqa.data.pipeline import Pass1Preprocess, batches_per_epoch, make_pipeline, per_shard, shard_options
 from jaxbiqa.data.records import SkipReport
@@ -85,6 +89,7 @@ from jaxbiqa.distributed import Placement
 from jaxbiqa.eval.evaluate import METRICS_FILE, PREDICTIONS_FILE, evaluate
 from jaxbiqa.models.build import abstract_policy, build_policy, build_processor
 from jaxbiqa.models.qwen2_5_vl import save_pretrained, trainable_filter
+from jaxbiqa.paths import as_path, atomic_write, remove_leftovers
 from jaxbiqa.rewards import build_reward, reward_specs
 from jaxbiqa.rl import batches
 from jaxbiqa.rl.grpo_step import GRPOStep
@@ -112,7 +117,7 @@ class SkippedUpdatesError(UserError):
 @dataclasses.dataclass
 class TrainResult:
     step: int                       # the last step done (both stages counted)
-    preempted: bool                 # stopped by SIGTERM after saving; resume with `resume=True`
+    preempted: bool                 # stopped by SIGTERM / SIGINT after saving; resume with `resume=True`
     eval: dict[str, dict] = dataclasses.field(default_factory=dict)  # "sft" / "final" -> evaluate() output
     policy_dir: str | None = None
 
@@ -146,7 +151,7 @@ class Trainer:
         self.config = config
         self.train = train or config.train
         self.placement = Placement(mesh, rules)
-        self.output_dir = Path(config.output_dir)
+        self.output_dir = as_path(config.output_dir)
         self.main_process = jax.process_index() == 0
         if jax.process_count() > 1:
             if mesh is None:
@@ -176,7 +181,6 @@ class Trainer:
         if not self.eos_ids:
             raise ConfigError("rollout.pass1.eos_token_ids is empty: the warm start needs an end-of-turn token")
         self.key = jax.random.key(config.seed)
-        self._epochs_ended: list[dict[str, int]] = []  # epoch reports not logged yet
 
     @classmethod
     def from_runtime(cls, config: Config, *, train: TrainSection | None = None) -> "Trainer":
@@ -212,12 +216,7 @@ class Trainer:
 
     def _pipeline(self, global_batch_size: int, num_epochs: int | None, split: str = "train") -> Iterator:
         data = dataclasses.replace(self.config.data, global_batch_size=global_batch_size, num_epochs=num_epochs)
-        return iter(make_pipeline(data, split, preprocess=self.preprocess, on_epoch_end=self._epoch_ended))
-
-    def _epoch_ended(self, epoch: int, report: SkipReport) -> None:
-        """The pipeline's report of an epoch: its bad records (`data.on_bad_record="skip"`) go into the
-        next record of train_log.jsonl as `skipped_records` (distinct from `skipped_update(s)`)."""
-        self._epochs_ended.append({"epoch": epoch, "skipped_records": len(report)})
+        return iter(make_pipeline(data, split, preprocess=self.preprocess))
 
     @staticmethod
     def _next_batch(iterator: Iterator) -> dict[str, np.ndarray] | None:
@@ -239,22 +238,56 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
 
-    def run(self, resume: bool = False) -> TrainResult:
-        config, train = self.config, self.train
+    def run(self, resume: bool = False, resume_step: int | None = None) -> TrainResult:
+        """The whole run; with `resume`, from the latest checkpoint (or `resume_step`)."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        checkpointer = Checkpointer.from_section(config.checkpoint, self.output_dir)
+        if self.main_process:
+            remove_leftovers(self.output_dir)
+        checkpointer = Checkpointer.from_section(self.config.checkpoint, self.output_dir)
+        try:
+            start = self._resume_step(checkpointer, resume, resume_step)
+            try:
+                return self._run(checkpointer, start, resume)
+            except UnreadableCheckpoint as error:
+                earlier = [step for step in checkpointer.all_steps() if step < error.step]
+                if error.step != start or not earlier:
+                    raise
+                log.warning("%s: set aside as %d.unreadable; resuming from step %d", error, error.step, earlier[-1])
+                checkpointer.set_aside(error.step, "unreadable")
+                return self._run(checkpointer, earlier[-1], resume)
+        finally:
+            checkpointer.close()
+
+    def _resume_step(self, checkpointer: Checkpointer, resume: bool, resume_step: int | None) -> int:
+        """The step the run starts after: 0 for a fresh run, else the latest (or `resume_step`)."""
         latest = checkpointer.latest_step()
-        if latest is not None and not resume:
-            raise FileExistsError(f"{checkpointer.directory} already holds checkpoints (latest step {latest}): "
-                                  "resume with --resume, or choose another output_dir")
+        if not resume:
+            if resume_step is not None:
+                raise ValueError("resume_step needs resume=True (train --resume --resume-step N)")
+            if latest is not None:
+                raise FileExistsError(f"{checkpointer.directory} already holds checkpoints (latest step {latest}): "
+                                      "resume with --resume, or choose another output_dir")
+            return 0
+        if resume_step is None:
+            return latest or 0
+        if resume_step not in checkpointer.all_steps():
+            raise FileNotFoundError(f"no checkpoint for step {resume_step} in {checkpointer.directory} "
+                                    f"(have {checkpointer.all_steps()})")
+        for later in [step for step in checkpointer.all_steps() if step > resume_step]:
+            checkpointer.set_aside(later, "superseded")  # else the resumed run could not save these steps
+            log.warning("resuming from step %d: set aside step %d as %d.superseded", resume_step, later, later)
+        return resume_step
+
+    def _run(self, checkpointer: Checkpointer, start: int, resume: bool) -> TrainResult:
+        config, train = self.config, self.train
         self._check_saved_config(resume)
         sft_steps, total = config.sft.steps, self.total_steps()
-        start = latest or 0
         result = TrainResult(step=start, preempted=False)
         logger = MetricsLogger(self.output_dir, total_steps=total, initial_step=min(start, total),
                                tensorboard=train.tensorboard, progress=train.progress, enabled=self.main_process)
+        guard = PreemptionGuard(enabled=config.checkpoint.save_on_preemption)
         try:
-            with PreemptionGuard() as guard:
+            with guard:
                 # resuming: the structure is enough, the checkpoint has the values
                 model = (abstract_policy(config.model, seed=config.seed) if start
                          else build_policy(config.model, seed=config.seed, mesh=self.placement.mesh,
@@ -262,26 +295,34 @@ class Trainer:
                 self.plans = batches.VisionPlans(model.config.vision)
                 self.rollout = Rollout.from_processor(config.rollout, self.processor, model.config.text.vocab_size)
                 if sft_steps and start <= sft_steps:
-                    model, step, stopped = self._warm_start(model, checkpointer, logger, guard, start)
-                    result.step = step
-                    if stopped:
-                        result.preempted = True
+                    model, result.step, result.preempted = self._warm_start(model, checkpointer, logger, guard, start)
+                    if result.preempted:
                         return result
                     if train.eval_after_sft:
-                        result.eval["sft"] = self._evaluate(model, logger, sft_steps, "sft")
-                model, step, stopped = self._grpo(model, checkpointer, logger, guard, start)
-                result.step = step
-                if stopped:
-                    result.preempted = True
+                        result.eval["sft"] = self._evaluate(model, logger, sft_steps, "sft", guard.should_stop)
+                model, result.step, result.preempted = self._grpo(model, checkpointer, logger, guard, start)
+                if result.preempted:
                     return result
+                # a signal now, during the export or the evaluation ends the run there: the
+                # checkpoints are complete and a resumed run does the rest
+                self._check_signal(guard, "the export")
                 result.policy_dir = self._export(model)
                 if train.eval_at_end:
-                    result.eval["final"] = self._evaluate(model, logger, step, "final")
+                    self._check_signal(guard, "the final evaluation")
+                    result.eval["final"] = self._evaluate(model, logger, result.step, "final", guard.should_stop)
                 self._write_summary(result)
+        except InterruptedError as stop:
+            log.warning("%s after step %d (%s); its checkpoint is complete: resume with --resume",
+                        guard.received or "signal", result.step, stop)
+            result.preempted = True
         finally:
-            checkpointer.close()
             logger.close()
         return result
+
+    @staticmethod
+    def _check_signal(guard: PreemptionGuard, before: str) -> None:
+        if guard.should_stop():
+            raise InterruptedError(f"stopped before {before}")
 
     def _check_saved_config(self, resume: bool) -> None:
         path = self.output_dir / CONFIG_FILE
@@ -293,7 +334,7 @@ class Trainer:
                 log.warning("resuming with a config that differs from the saved one in %s; the run is exact "
                             "only with the same config", ", ".join(changed))
         if self.main_process:
-            path.write_text(json.dumps(current, indent=2) + "\n")
+            atomic_write(path, json.dumps(current, indent=2) + "\n")
 
     def _run_stage(self, stage: Stage, state: TrainState, checkpointer: Checkpointer, logger: MetricsLogger,
                    guard: PreemptionGuard) -> tuple[TrainState, int, bool]:
@@ -307,6 +348,7 @@ class Trainer:
         def save() -> None:
             checkpointer.save(step, stage.saved(state), key=self.key, data_iterator=stage.iterator, config=config,
                               force=True)
+            logger.sync()
 
         skipped_since = None  # the first step of the current run of skipped updates
 
@@ -321,11 +363,10 @@ class Trainer:
             record["step_time"] = now - last
             record[stage.tokens_metric] = record.pop("_tokens") / max(now - last, 1e-9)
             last = now
+            # bad records skipped so far in this epoch of the data (not updates: `skipped_update`)
+            record |= {"epoch": stage.iterator.epoch, "skipped_records": stage.iterator.skipped_records}
             skipped_since = (skipped_since or step) if record.get("skipped_update", 0) > 0 else None
-            if step % train.log_every == 0 or step == stage.end or skipped_since or self._epochs_ended:
-                for ended in self._epochs_ended:
-                    record |= ended
-                self._epochs_ended.clear()
+            if step % train.log_every == 0 or step == stage.end or skipped_since:
                 logger.write(step, stage.name, record)
             self._check_skipped(stage, step, skipped_since, final=step == stage.end)
             done = step - stage.begin
@@ -333,16 +374,13 @@ class Trainer:
                 logger.samples(step, stage.name, samples)
             logger.advance(1, **stage.progress(record))
             stop = guard.should_stop()
-            if step % config.checkpoint.save_interval_steps == 0 or step == stage.end or stop:
+            if checkpointer.due(step) or step == stage.end or stop:
                 save()
             if stop:
                 checkpointer.wait()
-                log.warning("SIGTERM: saved step %d; resume with --resume", step)
+                log.warning("%s: saved step %d; resume with --resume", guard.received or "signal", step)
                 return state, step, True
-        for ended in self._epochs_ended:  # the data ended: its last epoch's report
-            logger.write(step, stage.name, ended)
-        self._epochs_ended.clear()
-        self._check_skipped(stage, step, skipped_since, final=True)
+        self._check_skipped(stage, step, skipped_since, final=True)  # the data ended early
         if step > stage.start and step not in checkpointer.all_steps():
             save()
         return state, step, False
@@ -475,14 +513,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ end of run
 
-    def _export(self, model) -> str | None:
+    def _export(self, model) -> str:
         path = self.output_dir / POLICY_DIR
-        save_pretrained(model, path)
-        if self.main_process:
-            self.processor.save_pretrained(path)
+        save_pretrained(model, path, add_files=self.processor.save_pretrained)
         return str(path)
 
-    def _evaluate(self, model, logger: MetricsLogger, step: int, name: str) -> dict[str, Any]:
+    def _evaluate(self, model, logger: MetricsLogger, step: int, name: str,
+                  should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Evaluation of the eval split with `jaxbiqa.eval.evaluate` and `config.eval` into `eval/<name>/`.
 
         Returns the record count, the metrics file and, per dataset, the image-conditioned
@@ -501,9 +538,9 @@ class Trainer:
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.placement.scope())
             folder = (self.output_dir / EVAL_DIR / name if self.main_process
-                      else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jaxbiqa-eval-"))))
+                      else stack.enter_context(tempfile.TemporaryDirectory(prefix="jaxbiqa-eval-")))
             result = evaluate(model, self.processor, eval_batches, folder, rollout=config.rollout, settings=settings,
-                              skipped=skipped)
+                              should_stop=should_stop, skipped=skipped)
         datasets = {dataset: {label: entry["columns"][column] for label, column in EVAL_COLUMNS.items()
                               if column in entry["columns"]} | {"gap": entry.get("gap")}
                     for dataset, entry in result.metrics["datasets"].items()}
@@ -529,7 +566,7 @@ class Trainer:
 
     def _write_summary(self, result: TrainResult) -> None:
         if self.main_process:
-            (self.output_dir / SUMMARY_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+            atomic_write(self.output_dir / SUMMARY_FILE, json.dumps(dataclasses.asdict(result), indent=2) + "\n")
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:

@@ -9,7 +9,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxbiqa.models.qwen2_5_vl import LoraConfig, Qwen2_5_VLForConditionalGeneration, prepare_inputs
-from jaxbiqa.sharding import make_mesh, state_shardings
+from jaxbiqa.sharding import ShardingError, make_mesh, state_shardings
 
 # What DEFAULT_RULES give each parameter on a 2x2x2 mesh (embed/vision_embed -> fsdp; vocab, heads,
 # kv_heads, mlp, vision_mlp, vision_heads -> tensor; norms, qkv, patch, lora_rank replicated).
@@ -64,6 +64,13 @@ def test_parameter_shardings_follow_the_rules_table(mesh, scan_layers):
         assert sharding.get_value().is_equivalent_to(NamedSharding(mesh, spec), len(shapes[path])), path
         checked += 1
     assert checked > 40
+
+
+def test_a_parameter_a_mesh_axis_does_not_divide_is_named():
+    abstract = nnx.eval_shape(lambda: Qwen2_5_VLForConditionalGeneration(tiny_config(), rngs=nnx.Rngs(0)))
+    with pytest.raises(ShardingError, match=r"parameter lm_head/kernel of shape \(64, 512\): dimension 1 \('vocab', "
+                                            r"size 512\) does not split 3 ways .* runtime.rules.vocab="):
+        state_shardings(nnx.state(abstract), make_mesh({"tensor": 3}, jax.devices()[:3]))
 
 
 def _batch(config, rng):

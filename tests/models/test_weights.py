@@ -292,3 +292,28 @@ def test_convert_cli_checks_and_re_exports(tmp_path, capsys):
     write_hf_checkpoint(tmp_path / "bad", tensors=tensors)
     assert main(["convert", "--from-hf", str(tmp_path / "bad")]) == 2
     assert "missing tensor 'model.norm.weight'" in capsys.readouterr().err
+
+
+def test_failed_export_keeps_the_old_weights(tmp_path):
+    write_hf_checkpoint(tmp_path / "in")
+    model = from_pretrained(tmp_path / "in")
+    save_pretrained(model, tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+
+    def disk_full(folder):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        save_pretrained(model, tmp_path / "out", add_files=disk_full)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]  # nothing half-written beside it
+
+
+def test_weights_from_and_to_a_bucket(tmp_path, bucket):
+    tensors = write_hf_checkpoint(tmp_path / "in", files=2)
+    save_pretrained(from_pretrained(tmp_path / "in"), f"{bucket}/policy", max_shard_size="150KB")
+    model = from_pretrained(f"{bucket}/policy")
+    for key in ("model.layers.1.mlp.down_proj.weight", "model.embed_tokens.weight"):
+        name = key.replace(".weight", ".kernel" if "proj" in key else ".embedding")
+        expected = tensors[key].T if "proj" in key else tensors[key]
+        np.testing.assert_array_equal(_value(model, name), expected)

@@ -43,7 +43,7 @@ class _StopAfter(PreemptionGuard):
 def _run(config, monkeypatch, stop_after: int | None = None, resume: bool = False):
     with monkeypatch.context() as patch:
         if stop_after:
-            patch.setattr(trainer_module, "PreemptionGuard", lambda: _StopAfter(stop_after))
+            patch.setattr(trainer_module, "PreemptionGuard", lambda **_: _StopAfter(stop_after))
         return Trainer(config, train=TRAIN).run(resume=resume)
 
 

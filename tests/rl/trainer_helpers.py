@@ -28,7 +28,7 @@ def make_assets(root: Path) -> tuple[Path, Path]:
     return model_dir, data_dir
 
 
-def tiny_settings(model_dir: Path, data_dir: Path, output_dir: Path) -> dict:
+def tiny_settings(model_dir: Path, data_dir: Path, output_dir: Path | str) -> dict:
     """Keyword arguments of `Config` for a run of a few seconds."""
     eos = (IM_END_ID, ENDOFTEXT_ID)
     side = IMAGE_SIDE * IMAGE_SIDE
@@ -53,7 +53,7 @@ def tiny_settings(model_dir: Path, data_dir: Path, output_dir: Path) -> dict:
     )
 
 
-def tiny_config(model_dir: Path, data_dir: Path, output_dir: Path, **changes) -> Config:
+def tiny_config(model_dir: Path, data_dir: Path, output_dir: Path | str, **changes) -> Config:
     return Config(**{**tiny_settings(model_dir, data_dir, output_dir), **changes})
 
 
@@ -65,11 +65,11 @@ from pathlib import Path
 
 
 def get_config():
-    return tiny_config(Path({model!r}), Path({data!r}), Path({out!r}))
+    return tiny_config(Path({model!r}), Path({data!r}), {out!r})
 '''
 
 
-def write_config_file(path: Path, model_dir: Path, data_dir: Path, output_dir: Path) -> Path:
+def write_config_file(path: Path, model_dir: Path, data_dir: Path, output_dir: Path | str) -> Path:
     """A config .py file for `jaxbiqa train --config PATH` with the tiny settings."""
     path.write_text(CONFIG_FILE.format(helpers=str(Path(__file__).parent), model=str(model_dir), data=str(data_dir),
                                        out=str(output_dir)))

@@ -94,7 +94,7 @@ def _ssh(node: str, command: str, where: tuple[str, ...] = ("--zone=us-east5-a",
 
 
 SETUP = ("mkdir -p ~/jaxbiqa && tar -xzf ~/jaxbiqa.tgz -C ~/jaxbiqa && cd ~/jaxbiqa && python3 -m venv .venv "
-         "&& .venv/bin/pip install -q -e . 'jax[tpu]'")
+         "&& .venv/bin/pip install -q -e '.[gcs]' 'jax[tpu]'")
 
 
 def _run_on_workers(command: str, cache: str = "$HOME/.cache/jaxbiqa/jax") -> str:

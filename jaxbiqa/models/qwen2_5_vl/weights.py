@@ -6,6 +6,8 @@ asks for every addressable device's slice and the callback reads just that slice
 memory-mapped safetensors file, so the host never holds a second copy of the model.
 `save_pretrained` gathers one tensor at a time into `.safetensors` shards of bounded size (the
 host holds at most one shard) and writes what transformers' own `save_pretrained` writes.
+Both take local folders or `gs://` ones (`jaxbiqa.paths`): a remote checkpoint is read from a
+local staging copy; an export replaces its folder atomically, so a failed one keeps the old.
 
 The two layouts differ only by the transforms of `TABLE`:
 * Linear: torch stores `[out, in]`, NNX kernels are `[in, out]` (transpose).
@@ -38,6 +40,7 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
@@ -47,6 +50,7 @@ from jaxbiqa.models.qwen2_5_vl.config import ModelConfig, VisionConfig, from_hf
 from jaxbiqa.models.qwen2_5_vl.lora import merge_lora
 from jaxbiqa.models.qwen2_5_vl.model import Qwen2_5_VLForConditionalGeneration
 from jaxbiqa.models.qwen2_5_vl.vision import conv3d_weight_to_kernel, kernel_to_conv3d_weight
+from jaxbiqa.paths import PathLike, as_path, atomic_folder, local_copy
 from jaxbiqa.sharding import DEFAULT_RULES, LogicalRules, state_shardings
 
 SINGLE_FILE = "model.safetensors"
@@ -67,8 +71,9 @@ class CheckpointError(UserError):
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 
 
-def missing_weights(directory: Path, hint: str = "") -> CheckpointError:
+def missing_weights(directory: PathLike, hint: str = "") -> CheckpointError:
     """The error for a folder without safetensors weights, naming what it holds instead."""
+    directory = as_path(directory)
     found = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
     listed = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "") or "nothing"
     message = f"{directory}: no weights ({SINGLE_FILE} or {INDEX_FILE}); it holds {listed}"
@@ -239,20 +244,25 @@ class Checkpoint:
     Keys are canonicalised to the released layout; use as a context manager to close the files.
     """
 
-    def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
+    def __init__(self, directory: PathLike):
+        self.source = as_path(directory)
+        self._stack = contextlib.ExitStack()
+        # safetensors memory-maps local files only: a remote folder is staged on this machine first
+        self.directory = self._stack.enter_context(local_copy(self.source, ("*.safetensors", "*.json")))
         index_path, single = self.directory / INDEX_FILE, self.directory / SINGLE_FILE
         if index_path.is_file():
             try:
                 weight_map: Mapping[str, str] = json.loads(index_path.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise CheckpointError(f"{index_path}: not a safetensors index ({type(err).__name__}: {err})") from None
+                self._stack.close()
+                raise CheckpointError(f"{self.source / INDEX_FILE}: not a safetensors index ({type(err).__name__}: "
+                                      f"{err})") from None
             files = sorted(set(weight_map.values()))
         elif single.is_file():
             weight_map, files = {}, [SINGLE_FILE]
         else:
-            raise missing_weights(self.directory)
-        self._stack = contextlib.ExitStack()
+            self._stack.close()
+            raise missing_weights(self.source)
         self._files: dict[str, Any] = {}
         self._where: dict[str, tuple[str, str]] = {}  # canonical key -> (file, stored key)
         try:
@@ -264,15 +274,15 @@ class Checkpoint:
         stray = [k for k in weight_map if canonical_key(k) not in self._where]
         if stray:
             self._stack.close()
-            raise CheckpointError(f"{index_path} maps keys that their file does not contain: {stray[:10]}")
+            raise CheckpointError(f"{self.source / INDEX_FILE} maps keys that their file does not contain: {stray[:10]}")
 
     def _open(self, name: str, weight_map: Mapping[str, str]) -> None:
         if not (self.directory / name).is_file():
-            raise FileNotFoundError(f"{self.directory / INDEX_FILE} lists {name}, which does not exist")
+            raise FileNotFoundError(f"{self.source / INDEX_FILE} lists {name}, which does not exist")
         try:
             handle = self._stack.enter_context(safe_open(str(self.directory / name), framework="numpy"))
         except Exception as err:  # safetensors' own error type: a truncated or foreign file
-            raise CheckpointError(f"{self.directory / name}: not a readable safetensors file ({err})") from None
+            raise CheckpointError(f"{self.source / name}: not a readable safetensors file ({err})") from None
         self._files[name] = handle
         for key in handle.keys():
             if weight_map and weight_map.get(key) != name:
@@ -402,7 +412,7 @@ def read_config(path: str | Path, dtype: Any = None, param_dtype: Any = None, **
     `param_dtype` defaults to the checkpoint's own dtype (its `dtype`/`torch_dtype`, like
     transformers 5's `dtype="auto"`), else float32; `dtype` (compute) defaults to `param_dtype`.
     """
-    path = Path(path)
+    path = as_path(path)
     config_path = path / "config.json" if path.is_dir() else path
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: no such config file")
@@ -424,7 +434,7 @@ def from_pretrained(path: str | Path, dtype: Any = None, param_dtype: Any = None
     `rules` says. `runtime` sets other ModelConfig runtime options (`scan_layers`, `remat`,
     `lora`, ...); `seed` initialises what the checkpoint does not hold (LoRA adapters).
     """
-    config = read_config(Path(path) / "config.json", dtype, param_dtype, **runtime)
+    config = read_config(as_path(path) / "config.json", dtype, param_dtype, **runtime)
     return load_model(config, path, mesh, rules, seed)
 
 
@@ -467,13 +477,16 @@ def _plan_shards(sizes: Sequence[tuple[str, int]], max_bytes: int) -> list[list[
     return shards
 
 
-def save_pretrained(model: nnx.Module, path: str | Path, max_shard_size: int | str = "5GB") -> list[Path]:
+def save_pretrained(model: nnx.Module, path: PathLike, max_shard_size: int | str = "5GB", *,
+                    add_files: Callable[[Path], None] | None = None) -> list[epath.Path]:
     """Write `model` as a Hugging Face checkpoint (`config.json` + safetensors) into `path`.
 
     LoRA adapters are merged into the base kernels first. Tensors keep the parameters' dtype;
     shards hold at most `max_shard_size` bytes (one larger tensor gets a shard of its own) and get
-    an index when there are several. Stale weight files in `path` are removed. Every process
-    gathers; process 0 writes. Returns the written files.
+    an index when there are several. The folder is replaced whole once everything is written
+    (`jaxbiqa.paths.atomic_folder`): an error, a full disk or a kill midway keeps its old content.
+    `add_files(folder)` may add files (e.g. the tokenizer) before the swap. Every process gathers;
+    process 0 writes. Returns the written files.
     """
     config = model.config
     if config.lora is not None:
@@ -495,30 +508,28 @@ def save_pretrained(model: nnx.Module, path: str | Path, max_shard_size: int | s
     shards = _plan_shards([(k, nbytes(k)) for k in order], parse_size(max_shard_size))
     names = ([SINGLE_FILE] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
-    directory = Path(path)
     writer = jax.process_index() == 0
-    if writer:
-        directory.mkdir(parents=True, exist_ok=True)
-        for stale in [*directory.glob("model-*-of-*.safetensors"), directory / SINGLE_FILE, directory / INDEX_FILE]:
-            stale.unlink(missing_ok=True)
-    written = []
-    for name, keys in zip(names, shards, strict=True):
-        shard = {}
-        for key in keys:
-            entry, layer = tensors[key]
-            value = values[entry.path]
-            shard[key] = np.ascontiguousarray(entry.transform.to_hf(_gather(value if layer is None else value[layer])))
-        if writer:
-            save_file(shard, str(directory / name), metadata={"format": "pt"})
-            written.append(directory / name)
-        del shard
-    if writer:
+    with contextlib.ExitStack() as stack:
+        directory = stack.enter_context(atomic_folder(path)) if writer else None
+        for name, keys in zip(names, shards, strict=True):
+            shard = {}
+            for key in keys:  # every process takes part in each gather
+                entry, layer = tensors[key]
+                value = values[entry.path]
+                shard[key] = np.ascontiguousarray(entry.transform.to_hf(_gather(value if layer is None
+                                                                                else value[layer])))
+            if writer:
+                save_file(shard, str(directory / name), metadata={"format": "pt"})
+            del shard
+        if not writer:
+            return []
         if len(shards) > 1:
             index = {"metadata": {"total_size": sum(nbytes(k) for k in order)},
                      "weight_map": {k: n for n, keys in zip(names, shards, strict=True) for k in keys}}
             (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-            written.append(directory / INDEX_FILE)
         (directory / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
-        written.append(directory / "config.json")
-    return written
-
+        if add_files is not None:
+            add_files(directory)
+        written = sorted(item.name for item in directory.iterdir())
+    target = as_path(path)
+    return [target / name for name in written]
