@@ -281,10 +281,6 @@ class DataSection:
                             "must be >= 0; synthetic_crop_size, _crops_per_photo and _types_per_crop >= 1")
         if self.num_epochs is not None and self.num_epochs < 1:
             problems.append(f"num_epochs={self.num_epochs} must be >= 1 (or None for no end)")
-        if self.on_bad_record not in ("raise", "skip"):
-            problems.append(f"on_bad_record={self.on_bad_record!r} must be 'raise' or 'skip'")
-        if self.mos_scale not in ("table", "data"):
-            problems.append(f"mos_scale={self.mos_scale!r} must be 'table' or 'data'")
         if problems:
             raise ValueError("data section: " + "; ".join(problems))
 
@@ -535,8 +531,6 @@ class EvalSection:
     progress: bool = False            # a progress bar
 
     def __post_init__(self):
-        if self.decoding not in ("sampled", "greedy"):
-            raise ValueError(f"eval.decoding must be 'sampled' or 'greedy', got {self.decoding!r}")
         if self.decoding == "sampled" and not self.temperature > 0:
             raise ValueError(f"eval.temperature must be > 0 for sampled decoding, got {self.temperature}")
         if self.top_k < 0 or not 0 < self.top_p <= 1:
