@@ -58,9 +58,15 @@ def _typed(value: Any, tp: Any, where: str) -> Any:
     """`value` if it is of type `tp` (a list for a tuple becomes a tuple, an integer for a float a
     float); a ConfigError naming `where` otherwise, and for any NaN or infinite number."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
+    if tp is Any:  # e.g. a reward's keyword parameters: any JSON-like value, its numbers finite
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{where}={value}: must be a finite number")
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                _typed(item, Any, f"{where}.{key}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                _typed(item, Any, f"{where}[{i}]")
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -796,8 +802,9 @@ def _build(make, where: str):
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """JSON-ready nested dict of a config (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    """JSON-ready nested dict of a config (tuples become lists); standard JSON: a NaN or inf, which
+    the sections refuse, would be an error here rather than a `NaN` token in config.json."""
+    return json.loads(json.dumps(dataclasses.asdict(config), allow_nan=False))
 
 
 def apply_override(config: Any, assignment: str) -> Any:

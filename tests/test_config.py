@@ -119,6 +119,7 @@ def test_partial_dict_keeps_the_section_defaults():
     "sft.optim.learning_rate=nan", "optim.learning_rate=inf", "optim.learning_rate=-inf", "grpo.beta=nan",
     "grpo.clip_epsilon=nan", "rewards.weights.score=nan", "rewards.params.score.threshold=NaN", "eval.top_p=nan",
     "model.lora_alpha=inf", "runtime.compilation_cache_min_compile_secs=nan",
+    "rewards.params.score.valid_range=[1, NaN]",
 ])
 def test_non_finite_numbers_are_refused_at_config_time(assignment, capsys):
     """The probe: `--set sft.optim.learning_rate=nan` trained an all-NaN policy with exit code 0."""
@@ -138,6 +139,7 @@ def test_config_file_values_are_type_checked_like_set_values(tmp_path):
         dataclasses.replace(Config().optim, learning_rate=float("nan"))
     config = Config(data=dataclasses.replace(Config().data, train=["synthetic:a"], max_pixels=200_704))
     assert config.data.train == ("synthetic:a",)  # a list in a file is the tuple --set gives
+    assert "NaN" not in json.dumps(to_dict(config))
     path = tmp_path / "typed.py"
     path.write_text("from jaxbiqa.config import Config\n\n\ndef get_config():\n"
                     "    return Config(seed='abc', output_dir=5)\n")
