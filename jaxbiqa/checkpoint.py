@@ -37,6 +37,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxbiqa import interrupts
 from jaxbiqa.config import to_dict
 from jaxbiqa.paths import PathLike, as_path, is_local
 
@@ -306,7 +307,8 @@ class PreemptionGuard:
     """While active (a context manager), SIGTERM and SIGINT set a flag instead of killing the process.
 
     The loop checks `should_stop()` after each step, then saves (`force=True`), waits for the save
-    and returns. A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once. With several JAX
+    and returns; the flag is the process's `jaxbiqa.interrupts` request, which a running decode
+    loop also polls. A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once. With several JAX
     processes `should_stop()` is true on all of them as soon as any one was signalled, so they save
     the same step together. `enabled=False` leaves the signals alone. The previous handlers come
     back on exit.
@@ -314,20 +316,19 @@ class PreemptionGuard:
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT), *, enabled: bool = True):
         self.signals = signals if enabled else ()
-        self._event = threading.Event()
         self._previous: dict[int, Any] = {}
         self.received: str | None = None
 
     def _handle(self, signum, frame) -> None:
-        if signum == signal.SIGINT and self._event.is_set():
+        if signum == signal.SIGINT and interrupts.stop_requested():
             raise KeyboardInterrupt("second interrupt: stopping without saving")
         self.received = signal.Signals(signum).name
-        self._event.set()
+        interrupts.request_stop()
 
     @property
     def requested(self) -> bool:
         """Whether this process received one of the signals."""
-        return self._event.is_set()
+        return interrupts.stop_requested()
 
     def should_stop(self) -> bool:
         """Whether any process received one of the signals (a collective call with several processes)."""
@@ -340,6 +341,7 @@ class PreemptionGuard:
     def __enter__(self) -> "PreemptionGuard":
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("PreemptionGuard must be entered from the main thread (signal handlers live there)")
+        interrupts.clear()
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -348,3 +350,4 @@ class PreemptionGuard:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        interrupts.clear()

@@ -318,6 +318,9 @@ class SamplingSection:
     # prompt lengths are padded up to the smallest bucket that fits; () pads to the batch's longest
     prompt_buckets: tuple[int, ...] = ()
     cache_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # "auto": the model's compute dtype
+    # every this many decode steps the loop asks the host whether a pre-emption was signalled
+    # (`jaxbiqa.interrupts`) and ends early if so; 0: never (no host callback in the loop)
+    stop_poll_steps: int = 32
 
     def __post_init__(self):
         problems = []
@@ -329,6 +332,8 @@ class SamplingSection:
             problems.append(f"temperature={self.temperature} must be > 0 (use greedy=True for argmax)")
         if self.top_k < 0:
             problems.append(f"top_k={self.top_k} must be >= 0 (0 is off)")
+        if self.stop_poll_steps < 0:
+            problems.append(f"stop_poll_steps={self.stop_poll_steps} must be >= 0 (0 is off)")
         if not 0 < self.top_p <= 1:
             problems.append(f"top_p={self.top_p} must be in (0, 1]")
         if any(not s for s in self.stop_strings):
@@ -357,6 +362,10 @@ class RolloutSection:
     # longest caption (in tokens) pass 2 accepts; longer ones are flagged like a missing caption.
     # 0: pass1.max_new_tokens (+ the few tokens a split token can add), i.e. never in practice
     max_caption_tokens: int = 0
+    # the policy the training rollout decodes with (`jaxbiqa.rollout.policy_copy`): a copy in the
+    # compute dtype made after each update, sharded as the update ("training"), over the tensor
+    # axis only ("tensor") or whole on every device ("replicated")
+    policy_layout: Literal["training", "tensor", "replicated"] = "training"
 
     def __post_init__(self):
         if self.max_caption_tokens < 0:

@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jaxbiqa.paths import atomic_write
+
 DEMO_CONFIG = "demo_cpu"
 DEFAULT_OUT = Path("runs") / "demo"
 EVAL_DIR = "eval"
@@ -245,7 +247,7 @@ def run_demo(out_dir: Path = DEFAULT_OUT, *, config_name: str = DEMO_CONFIG, ove
     summary = {**headline(sets, report_metrics, warm_start), "decoding": decoding,
                "checkpoint": sets["in_distribution"][1].get("checkpoint"), "training": run_summary,
                "wall_time_s": timings, "report": str(markdown), "html": str(html)}
-    (Path(out_dir) / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(Path(out_dir) / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return DemoResult(Path(out_dir), markdown, summary)
 
 

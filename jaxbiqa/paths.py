@@ -77,15 +77,20 @@ def _copy_tree(source: epath.Path, target: epath.Path) -> None:
             item.copy(target / item.name, overwrite=True)
 
 
-@contextlib.contextmanager
-def atomic_folder(path: PathLike) -> Iterator[Path]:
-    """A fresh local folder to fill, which replaces `path` when the block ends without an error
-    (on an error `path` keeps its old content and the new one is removed).
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
-    A local `path` is swapped in by renames from a temporary sibling. For an object store the block
-    fills a local staging folder (writers such as safetensors and transformers take local paths
-    only), uploaded after the block to a temporary prefix; the old objects are replaced by a
-    server-side copy only once the upload is complete.
+
+@contextlib.contextmanager
+def atomic_folder(path: PathLike, stale: tuple[str, ...] = ()) -> Iterator[Path]:
+    """A fresh local folder to fill; when the block ends without an error its files replace their
+    namesakes in `path` and the files of `path` matching the `stale` globs that it did not write
+    are removed (other files of `path` stay). On an error `path` is left as it was.
+
+    Everything is written before anything is replaced: locally the files are moved in by renames
+    from a temporary sibling; for an object store the block fills a local staging folder (writers
+    such as safetensors and transformers take local paths only), uploaded to a temporary prefix and
+    copied over server-side once complete.
     """
     path = as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,29 +98,28 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
         if is_local(path):
             staging = Path(_temporary_sibling(path))
             staging.mkdir()
+            stack.callback(shutil.rmtree, staging, ignore_errors=True)
         else:
             staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jaxbiqa-"))) / path.name
             staging.mkdir()
-        try:
-            yield staging
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        yield staging
+        written = _files(staging)
+        path.mkdir(parents=True, exist_ok=True)
         if is_local(path):
-            previous = Path(_temporary_sibling(path))
-            if path.exists():
-                os.replace(path, previous)
-            os.replace(staging, path)
-            shutil.rmtree(previous, ignore_errors=True)
+            for name in written:
+                (path / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / name, path / name)
         else:
             uploaded = _temporary_sibling(path)
             try:
                 _copy_tree(epath.Path(staging), uploaded)
-                if path.exists():
-                    path.rmtree()
                 _copy_tree(uploaded, path)
             finally:
                 uploaded.rmtree(missing_ok=True)
+        for pattern in stale:
+            for old in path.glob(pattern):
+                if old.relative_to(path).as_posix() not in written and not old.is_dir():
+                    old.unlink()
 
 
 def remove_leftovers(folder: PathLike) -> list[epath.Path]:

@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "jaxbiqa"
 # lowest first; a module belongs to the first layer with a prefix that matches it
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("config", ("jaxbiqa.config",)),
-    ("infra", ("jaxbiqa.sharding", "jaxbiqa.distributed", "jaxbiqa.checkpoint", "jaxbiqa.paths")),
+    ("infra", ("jaxbiqa.sharding", "jaxbiqa.distributed", "jaxbiqa.checkpoint", "jaxbiqa.paths",
+               "jaxbiqa.interrupts")),
     ("models", ("jaxbiqa.models",)),
     ("processing, data", ("jaxbiqa.prompts", "jaxbiqa.parse", "jaxbiqa.processing", "jaxbiqa.data", "jaxbiqa.models.build")),
     ("rollout", ("jaxbiqa.rollout",)),

@@ -27,18 +27,22 @@ def test_atomic_write_replaces_whole_and_leaves_nothing_behind(root):
     assert sorted(p.name for p in path.parent.iterdir()) == ["metrics.json"]
 
 
-def test_failed_atomic_folder_keeps_the_old_content(root):
+def test_atomic_folder_replaces_only_when_complete(root):
     target = as_path(root) / "policy"
+    atomic_write(target / "tokenizer.json", "kept")
     with atomic_folder(target) as folder:
-        (folder / "weights").write_text("v1")
+        (folder / "model-1.bin").write_text("v1")
+        (folder / "model-2.bin").write_text("v1")
     with pytest.raises(OSError, match="disk full"):
-        with atomic_folder(target) as folder:
-            (folder / "weights").write_text("partial")
+        with atomic_folder(target, stale=("model-*.bin",)) as folder:
+            (folder / "model-1.bin").write_text("partial")
             raise OSError("disk full")
-    assert (target / "weights").read_text() == "v1"
-    with atomic_folder(target) as folder:
-        (folder / "other").write_text("v2")
-    assert sorted(p.name for p in target.iterdir()) == ["other"]  # replaced, not merged
+    assert (target / "model-1.bin").read_text() == "v1" and (target / "model-2.bin").exists()
+    with atomic_folder(target, stale=("model-*.bin",)) as folder:
+        (folder / "model-1.bin").write_text("v2")
+    # the new file in, the stale one out, other files kept
+    assert sorted(p.name for p in target.iterdir()) == ["model-1.bin", "tokenizer.json"]
+    assert (target / "model-1.bin").read_text() == "v2" and (target / "tokenizer.json").read_text() == "kept"
     assert sorted(p.name for p in as_path(root).iterdir()) == ["policy"]  # no staging left behind
 
 

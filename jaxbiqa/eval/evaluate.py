@@ -79,6 +79,7 @@ class BatchOutput(NamedTuple):
     reasoning_texts: list[str] | None      # pass 2 from the text before <answer>
     has_caption: np.ndarray | None         # [B] bool: a caption was split out (else its pass 2 is ignored)
     has_reasoning: np.ndarray | None
+    interrupted: bool                      # a stop request ended the decoding early: the texts are unfinished
 
 
 class Evaluator:
@@ -108,9 +109,9 @@ class Evaluator:
     def __call__(self, model, prompts: PromptBatch, key: jax.Array) -> BatchOutput:
         result = self.rollout(model, prompts, key)
         if result.pass2 is None:
-            return BatchOutput(result.pass1_texts, None, None, None, None)
+            return BatchOutput(result.pass1_texts, None, None, None, None, result.interrupted)
         (caption, has_caption), (reasoning, has_reasoning) = (result.split_texts(s) for s in range(2))
-        return BatchOutput(result.pass1_texts, caption, reasoning, has_caption, has_reasoning)
+        return BatchOutput(result.pass1_texts, caption, reasoning, has_caption, has_reasoning, result.interrupted)
 
     @staticmethod
     def compile_count() -> int:
@@ -363,6 +364,9 @@ def evaluate(model, processor, batches: Iterable[Mapping[str, np.ndarray]], out_
         for index, batch, rows in _limited(batches, settings, total, "evaluate"):
             full, _ = fill_batch(batch, settings.batch_size)
             out = evaluator(model, evaluator.prepare(model, full), jax.random.fold_in(base_key, index))
+            if out.interrupted:
+                raise InterruptedError(f"evaluation stopped by a signal after {writer.count} records; they are in "
+                                       f"{writer.out_dir / (PREDICTIONS_FILE + PARTIAL)}")
             for record in prediction_rows(full, out, rows, settings.strict_parse):
                 writer.add(record)
             if should_stop is not None and should_stop():

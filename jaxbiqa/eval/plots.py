@@ -15,6 +15,7 @@ inches x `DPI`) with the axes' titles and labels in the PNG's ``Description`` te
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ except ImportError as err:  # the `demo` extra
     raise ImportError("jaxbiqa's plots need matplotlib: pip install 'jaxbiqa[demo]'") from err
 
 from jaxbiqa.eval.metrics import fit_logistic, iqa_metrics, invalid_mask
+from jaxbiqa.paths import atomic_write
 
 DPI = 100
 PANEL_INCHES = (4.0, 3.2)  # width, height of one panel
@@ -56,12 +58,12 @@ def axes_labels(fig: Figure) -> list[dict[str, str]]:
 
 def save_png(fig: Figure, path: str | Path) -> Path:
     """Write `fig` as a PNG of figure size x `DPI` pixels, its axes labels in the ``Description`` chunk."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     title = fig.get_suptitle() or "; ".join(a["title"] for a in axes_labels(fig))
-    fig.savefig(path, format="png", dpi=DPI,
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=DPI,
                 metadata={"Title": title, "Software": "jaxbiqa", "Description": json.dumps(axes_labels(fig))})
-    return path
+    atomic_write(path, png.getvalue())
+    return Path(path)
 
 
 def _valid_pairs(pred: Sequence[float] | np.ndarray, target: Sequence[float] | np.ndarray, what: str):

@@ -23,6 +23,7 @@ from pathlib import Path
 from jaxbiqa.eval.alignment import load_human_texts, rouge1_alignment
 from jaxbiqa.eval.metrics import INVALID_SENTINEL, gap, iqa_metrics, is_lower_is_better
 from jaxbiqa.eval.predictions import COLUMN_LABELS, json_safe, load_predictions
+from jaxbiqa.paths import atomic_write
 
 
 
@@ -133,5 +134,5 @@ def run(args: argparse.Namespace) -> int:
             "human": str(args.human) if args.human else None,
         }
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(json_safe({"settings": settings, "models": results}), indent=2) + "\n")
+        atomic_write(args.json_out, json.dumps(json_safe({"settings": settings, "models": results}), indent=2) + "\n")
     return 0

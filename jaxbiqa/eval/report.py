@@ -32,6 +32,7 @@ import numpy as np
 from jaxbiqa.eval.alignment import load_human_texts, rouge1_alignment
 from jaxbiqa.eval.metrics import INVALID_SENTINEL, IQAMetrics, OnInvalid, gap, iqa_metrics, is_lower_is_better
 from jaxbiqa.eval.predictions import COLUMN_LABELS, DatasetPredictions, json_safe, load_predictions
+from jaxbiqa.paths import atomic_write
 
 PLOTS_DIR = "plots"
 METRIC_HEADER = ("score", "N", "invalid", "PLCC", "SRCC", "KRCC", "RMSE", "PLCC (logistic)", "RMSE (logistic)")
@@ -308,11 +309,11 @@ def build_report(predictions: str | Path, out_dir: str | Path, *, training_log: 
         written += files
 
     markdown = out_dir / "report.md"
-    markdown.write_text(render_markdown(blocks), encoding="utf-8")
+    atomic_write(markdown, render_markdown(blocks))
     metrics_json = out_dir / "metrics.json"
-    metrics_json.write_text(json.dumps(json_safe(metrics), indent=2) + "\n", encoding="utf-8")
+    atomic_write(metrics_json, json.dumps(json_safe(metrics), indent=2) + "\n")
     html_path = None
     if html:
         html_path = out_dir / "report.html"
-        html_path.write_text(render_html(blocks, title, out_dir), encoding="utf-8")
+        atomic_write(html_path, render_html(blocks, title, out_dir))
     return Report(markdown, metrics_json, tuple(written), html_path, json_safe(metrics))

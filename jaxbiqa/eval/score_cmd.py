@@ -34,6 +34,7 @@ from jaxbiqa.demo_assets import resolve_demo_model
 from jaxbiqa.eval.eval_cmd import add_checkpoint_arguments, add_decoding_arguments, settings_from_args
 from jaxbiqa.eval.policy import load_policy
 from jaxbiqa.eval.predictions import json_safe
+from jaxbiqa.paths import atomic_write
 
 USAGE_ERROR = 2  # as `jaxbiqa.cli` reports every user error
 DEMO_RUN = Path("runs") / "demo"  # `jaxbiqa demo`'s output directory
@@ -147,6 +148,6 @@ def run(args: argparse.Namespace) -> int:
               f"{policy.source['seed']}): the ratings mean nothing", file=sys.stderr)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(entries, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write(args.output, json.dumps(entries, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps(entries, indent=2, ensure_ascii=False) if args.json else format_entries(entries))
     return 0

@@ -1,8 +1,10 @@
 """One GRPO step of the method (method.md section 5): rollout -> rewards -> advantages -> reference
 (and old) log-probs -> update.
 
-1. the rollout (`jaxbiqa.rollout.Rollout`, one compiled program): G samples per prompt of the
-   batch, then pass 2 from each sample's caption alone;
+1. the rollout (`jaxbiqa.rollout.Rollout`, one compiled program) on the rollout's copy of the
+   policy (`rollout.policy_layout`, `jaxbiqa.rollout.policy_copy`, made from the master weights
+   by one jitted cast-and-reshard): G samples per prompt of the batch, then pass 2 from each
+   sample's caption alone;
 2. rewards on the host from the decoded texts (self-consistency reads the pass-2 texts), computed
    in a worker thread while this thread packs the update batch and dispatches the reference / old
    log-probs to the device;
@@ -34,6 +36,7 @@ from jaxbiqa.rl import batches
 from jaxbiqa.rl.losses import group_advantages
 from jaxbiqa.rl.step import ROW_AXIS, TrainState, UpdateStep, dropout_key
 from jaxbiqa.rollout import Rollout, sampler
+from jaxbiqa.rollout.policy_copy import PolicyCopy
 
 
 def _cache_size(fn) -> int:
@@ -71,6 +74,8 @@ class GRPOStep:
         self.placement, self.plans, self.eos_ids = placement, plans, tuple(eos_ids)
         self.train_pass2, self.samples_per_log = train_pass2, samples_per_log
         self.group = config.rollout.pass1.num_samples
+        self.policy_copy = PolicyCopy(config.rollout.policy_layout, config.model.dtype, placement.mesh,
+                                      placement.rules)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewards")
 
     def close(self) -> None:
@@ -92,11 +97,15 @@ class GRPOStep:
         config, grpo, group, update = self.config, self.config.grpo, self.group, self.update
         rollout_key, update_key = jax.random.split(key)
         policy = update.model(state)
-        prompts = batches.prompt_batch(lambda *a: self.rollout.prepare(policy, *a), data)
         t0 = time.perf_counter()
         with self.placement.scope():  # every row's result comes back to every process
-            result = self.rollout(policy, prompts, rollout_key)
+            decoder = self.policy_copy(policy)
+            prompts = batches.prompt_batch(functools.partial(self.rollout.prepare, decoder), data)
+            result = self.rollout(decoder, prompts, rollout_key)
+        del decoder  # a copy is not kept through the update
         rollout_time = time.perf_counter() - t0
+        if result.interrupted:  # a pre-emption notice: the step is abandoned before any update
+            raise InterruptedError(f"the rollout of step {step} was stopped by a signal")
         records = batches.record_rows(data)
         rows = len(records) * group
 
@@ -159,7 +168,7 @@ class GRPOStep:
         record.update({k: float(v) for k, v in metrics.items()})
         record["compile_count/update"] = update.compile_count
         record["compile_count/logprobs"] = _cache_size(update._logprobs)
-        record["compile_count/rollout"] = rollout_compile_count()
+        record["compile_count/rollout"] = rollout_compile_count() + self.policy_copy.compile_count()
         record["_tokens"] = int(update_tokens) * grpo.num_iterations
         return state, record, self._samples(records, result, total, components)
 

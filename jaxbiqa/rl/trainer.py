@@ -353,12 +353,21 @@ class Trainer:
         skipped_since = None  # the first step of the current run of skipped updates
 
         while step < stage.end:
+            position = stage.iterator.get_state()
             data = self._next_batch(stage.iterator)
             if data is None:
                 log.info("the %s data ended after step %d", stage.name, step)
                 break
+            try:
+                state, record, samples = stage.step(state, data, step + 1, jax.random.fold_in(self.key, step + 1))
+            except InterruptedError as stop:  # mid-step (e.g. mid-rollout): keep the last whole step
+                stage.iterator.set_state(position)  # its batch is drawn again on resume
+                if step:
+                    save()
+                checkpointer.wait()
+                log.warning("%s; saved step %d; resume with --resume", stop, step)
+                return state, step, True
             step += 1
-            state, record, samples = stage.step(state, data, step, jax.random.fold_in(self.key, step))
             now = time.perf_counter()
             record["step_time"] = now - last
             record[stage.tokens_metric] = record.pop("_tokens") / max(now - last, 1e-9)

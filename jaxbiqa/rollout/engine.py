@@ -58,6 +58,11 @@ class RolloutResult(NamedTuple):
     pass2_texts: list[str] | None
     device: DeviceRollout
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether a stop request (`jaxbiqa.interrupts`) ended a decode loop early: the rows are unfinished."""
+        return bool(self.pass1.interrupted) or (self.pass2 is not None and bool(self.pass2.interrupted))
+
     def split_texts(self, split: int) -> tuple[list[str], np.ndarray]:
         """(pass-2 texts, has_caption) of split point `split` (its index in `Rollout.splits`)."""
         rows = len(self.pass1_texts)

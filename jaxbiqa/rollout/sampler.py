@@ -30,7 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import io_callback
 
+from jaxbiqa import interrupts
 from jaxbiqa.config import SamplingSection
 from jaxbiqa.models.qwen2_5_vl.text import KVCache, init_cache, repeat_cache
 from jaxbiqa.rollout.batch import PromptBatch, prepare_prompts
@@ -50,12 +52,14 @@ class DecodeSpec:
     top_p: float
     eos_token_ids: tuple[int, ...]
     pad_token_id: int
+    stop_poll_steps: int
 
     @classmethod
     def of(cls, config: SamplingSection) -> "DecodeSpec":
         # greedy ignores the sampling filters: normalised so that greedy configs share one program
         filters = (1.0, 0, 1.0) if config.greedy else (config.temperature, config.top_k, config.top_p)
-        return cls(config.max_new_tokens, config.greedy, *filters, tuple(config.eos_token_ids), config.pad_token_id)
+        return cls(config.max_new_tokens, config.greedy, *filters, tuple(config.eos_token_ids), config.pad_token_id,
+                   config.stop_poll_steps)
 
 
 class Prefilled(NamedTuple):
@@ -73,6 +77,8 @@ class Completion(NamedTuple):
     logprobs: jax.Array  # [R, max_new_tokens] float32 raw-policy log-probs, 0 after the end
     lengths: jax.Array  # [R] int32 tokens generated, the EOS / stop-string token included
     finished: jax.Array  # [R] bool: ended by an EOS id or a stop string (False: ran out of budget)
+    # [] bool: the loop ended early on a stop request (`jaxbiqa.interrupts`): the rows are unfinished
+    interrupted: jax.Array
 
 
 def repeat_rows(prefilled: Prefilled, times: int) -> Prefilled:
@@ -109,11 +115,21 @@ class _Loop(NamedTuple):
     lengths: jax.Array
     done: jax.Array
     stop_states: tuple[jax.Array, ...]
+    interrupted: jax.Array
+
+
+def _stop_requested(step: jax.Array, every: int, already: jax.Array) -> jax.Array:
+    """Every `every` steps, the host's stop request (one small callback; the rows' data stay on device)."""
+    if not every:
+        return already
+    ask = lambda: io_callback(interrupts.poll, jax.ShapeDtypeStruct((), jnp.bool_), ordered=False)  # noqa: E731
+    return jax.lax.cond(step % every == 0, ask, lambda: already)
 
 
 def decode(model, prefilled: Prefilled, key: jax.Array, stops: Sequence[StringMatcher],
            config: DecodeSpec) -> tuple[Completion, KVCache]:
-    """Sample up to `max_new_tokens` per row from `prefilled`; returns the completion and the final cache."""
+    """Sample up to `max_new_tokens` per row from `prefilled`; returns the completion and the final
+    cache. Every `stop_poll_steps` steps the loop reads the host's stop request and ends on it."""
     rows, budget = prefilled.logits.shape[0], config.max_new_tokens
     eos = jnp.asarray(config.eos_token_ids or (-1,), jnp.int32)
     ones = jnp.ones((rows, 1), jnp.int32)
@@ -139,18 +155,21 @@ def decode(model, prefilled: Prefilled, key: jax.Array, stops: Sequence[StringMa
                      tokens=jax.lax.dynamic_update_slice(s.tokens, token[:, None], (0, s.step)),
                      logprobs=jax.lax.dynamic_update_slice(s.logprobs, logprob[:, None], (0, s.step)),
                      lengths=s.lengths + live.astype(jnp.int32), done=s.done | (live & ended),
-                     stop_states=stop_states)
+                     stop_states=stop_states,
+                     interrupted=_stop_requested(s.step + 1, config.stop_poll_steps, s.interrupted))
 
     def running(s: _Loop) -> jax.Array:
-        return (s.step < budget) & ~jnp.all(s.done)
+        return (s.step < budget) & ~jnp.all(s.done) & ~s.interrupted
 
     init = _Loop(step=jnp.zeros((), jnp.int32), cache=prefilled.cache, logits=prefilled.logits,
                  tokens=constrain(jnp.full((rows, budget), config.pad_token_id, jnp.int32), ("batch", "length")),
                  logprobs=constrain(jnp.zeros((rows, budget), jnp.float32), ("batch", "length")),
                  lengths=jnp.zeros(rows, jnp.int32), done=jnp.zeros(rows, bool),
-                 stop_states=tuple(jnp.zeros(rows, jnp.int32) for _ in stops))
+                 stop_states=tuple(jnp.zeros(rows, jnp.int32) for _ in stops),
+                 interrupted=_stop_requested(jnp.zeros((), jnp.int32), config.stop_poll_steps,
+                                             jnp.zeros((), bool)))
     final = jax.lax.while_loop(running, body, init)
-    return Completion(final.tokens, final.logprobs, final.lengths, final.done), final.cache
+    return Completion(final.tokens, final.logprobs, final.lengths, final.done, final.interrupted), final.cache
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))

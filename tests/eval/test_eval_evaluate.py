@@ -203,10 +203,10 @@ def test_metrics_of_parseable_ratings_read_back_the_same(tmp_path):
     caption_texts = [_completion(r, caption="").split("</caption>\n", 1)[1] for r in caption]
     has_caption = np.ones(12, bool)
     has_caption[5] = False  # pass 2 skipped: no caption
-    out = BatchOutput(pass1, caption_texts, caption_texts, has_caption, has_caption)
+    out = BatchOutput(pass1, caption_texts, caption_texts, has_caption, has_caption, False)
     for record in prediction_rows(_batch(ids, mos), out, 12, strict=False):
         writer.add(record)
-    blank = BatchOutput([_completion(3.0, caption="a red car")], None, None, None, None)
+    blank = BatchOutput([_completion(3.0, caption="a red car")], None, None, None, None, False)
     for record in prediction_rows(_batch(["no_target.png"], [math.nan], dataset="texts"), blank, 1, strict=False):
         writer.add(record)
     result = writer.finish()

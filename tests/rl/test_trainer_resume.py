@@ -2,7 +2,8 @@
 uninterrupted one (parameters and every step's KL to the reference) for each place the resumed
 run rebuilds the reference from: zeroed LoRA adapters, `model.path`'s weights (no warm start), or
 `<checkpoints>/reference`, saved once as GRPO starts (after a warm start). And a step's checkpoint
-with beta > 0 is no larger than with beta = 0 (the reference is not in it)."""
+with beta > 0 is no larger than with beta = 0 (the reference is not in it). A stop requested in
+the middle of a rollout abandons that step, saves the one before and resumes as exactly."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import pytest
 from safetensors.numpy import load_file
 from trainer_helpers import make_assets, tiny_config
 
+from jaxbiqa import interrupts
 from jaxbiqa.checkpoint import PreemptionGuard
 from jaxbiqa.config import GRPOSection, ModelSection, SFTSection, TrainSection
+from jaxbiqa.rl import grpo_step as grpo_step_module
 from jaxbiqa.rl import trainer as trainer_module
 from jaxbiqa.rl.trainer import REFERENCE_ITEM, Trainer
 
@@ -40,9 +43,25 @@ class _StopAfter(PreemptionGuard):
         return self.calls >= self.steps
 
 
-def _run(config, monkeypatch, stop_after: int | None = None, resume: bool = False):
+class _StopInRollout(grpo_step_module.PolicyCopy):
+    """A rollout copy that requests a stop (as SIGTERM does) as the rollout of GRPO step `steps`
+    begins: its decode loop sees it at the first poll."""
+
+    steps = 0
+
+    def __call__(self, model):
+        type(self).calls = getattr(type(self), "calls", 0) + 1
+        if type(self).calls == self.steps:
+            interrupts.request_stop()
+        return super().__call__(model)
+
+
+def _run(config, monkeypatch, stop_after: int | None = None, resume: bool = False, mid_rollout: bool = False):
     with monkeypatch.context() as patch:
-        if stop_after:
+        if stop_after and mid_rollout:  # stopped inside the rollout of the step after `stop_after`
+            stop = type("Stop", (_StopInRollout,), {"steps": stop_after + 1 - config.sft.steps, "calls": 0})
+            patch.setattr(grpo_step_module, "PolicyCopy", stop)
+        elif stop_after:
             patch.setattr(trainer_module, "PreemptionGuard", lambda **_: _StopAfter(stop_after))
         return Trainer(config, train=TRAIN).run(resume=resume)
 
@@ -64,13 +83,14 @@ def assets(tmp_path_factory):
     return root, model_dir, data_dir
 
 
-def _stopped_and_resumed(config, monkeypatch, stop_after: int) -> tuple[Path, Path]:
-    """An uninterrupted run of `config` and one stopped after `stop_after` steps, then resumed."""
+def _stopped_and_resumed(config, monkeypatch, stop_after: int, mid_rollout: bool = False) -> tuple[Path, Path]:
+    """An uninterrupted run of `config` and one stopped after `stop_after` steps (at the step's end,
+    or `mid_rollout` of the next step), then resumed."""
     straight = dataclasses.replace(config, output_dir=str(Path(config.output_dir) / "straight"))
     resumed = dataclasses.replace(config, output_dir=str(Path(config.output_dir) / "resumed"))
     total = config.sft.steps + GRPO_STEPS
     assert _run(straight, monkeypatch).step == total
-    stopped = _run(resumed, monkeypatch, stop_after=stop_after)
+    stopped = _run(resumed, monkeypatch, stop_after=stop_after, mid_rollout=mid_rollout)
     assert stopped.preempted and stopped.step == stop_after
     assert not (Path(resumed.output_dir) / "policy").exists()
     assert _run(resumed, monkeypatch, resume=True).step == total
@@ -139,3 +159,10 @@ def test_reference_without_warm_start_reloads_model_path(assets, monkeypatch):
     straight, resumed = _stopped_and_resumed(config, monkeypatch, stop_after=2)
     for output in (straight, resumed):
         assert not (output / "checkpoints" / REFERENCE_ITEM).exists()
+
+
+def test_a_stop_mid_rollout_saves_the_step_before_and_resumes_exactly(assets, monkeypatch):
+    root, model_dir, data_dir = assets
+    config = tiny_config(model_dir, data_dir, root / "mid_rollout", sft=SFTSection(steps=0))
+    _, resumed = _stopped_and_resumed(config, monkeypatch, stop_after=1, mid_rollout=True)
+    assert sorted(int(p.name) for p in (resumed / "checkpoints").iterdir() if p.name.isdigit())[-1] == GRPO_STEPS

@@ -7,7 +7,7 @@ memory-mapped safetensors file, so the host never holds a second copy of the mod
 `save_pretrained` gathers one tensor at a time into `.safetensors` shards of bounded size (the
 host holds at most one shard) and writes what transformers' own `save_pretrained` writes.
 Both take local folders or `gs://` ones (`jaxbiqa.paths`): a remote checkpoint is read from a
-local staging copy; an export replaces its folder atomically, so a failed one keeps the old.
+local staging copy; an export replaces the old weights only once all its files are written.
 
 The two layouts differ only by the transforms of `TABLE`:
 * Linear: torch stores `[out, in]`, NNX kernels are `[in, out]` (transpose).
@@ -483,9 +483,10 @@ def save_pretrained(model: nnx.Module, path: PathLike, max_shard_size: int | str
 
     LoRA adapters are merged into the base kernels first. Tensors keep the parameters' dtype;
     shards hold at most `max_shard_size` bytes (one larger tensor gets a shard of its own) and get
-    an index when there are several. The folder is replaced whole once everything is written
-    (`jaxbiqa.paths.atomic_folder`): an error, a full disk or a kill midway keeps its old content.
-    `add_files(folder)` may add files (e.g. the tokenizer) before the swap. Every process gathers;
+    an index when there are several. Nothing in `path` changes until every file is written
+    (`jaxbiqa.paths.atomic_folder`): an error or a full disk midway keeps the old weights; then the
+    new files replace theirs, stale weight files are removed and other files (a tokenizer) stay.
+    `add_files(folder)` may add files (e.g. the tokenizer) to the export. Every process gathers;
     process 0 writes. Returns the written files.
     """
     config = model.config
@@ -510,7 +511,9 @@ def save_pretrained(model: nnx.Module, path: PathLike, max_shard_size: int | str
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     writer = jax.process_index() == 0
     with contextlib.ExitStack() as stack:
-        directory = stack.enter_context(atomic_folder(path)) if writer else None
+        # earlier weights that this export does not overwrite (other shard counts) are removed
+        stale = ("model-*-of-*.safetensors", SINGLE_FILE, INDEX_FILE)
+        directory = stack.enter_context(atomic_folder(path, stale)) if writer else None
         for name, keys in zip(names, shards, strict=True):
             shard = {}
             for key in keys:  # every process takes part in each gather
