@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 from safetensors.numpy import load as load_safetensors
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent / "rl"))
 from damage import truncate_array_files  # noqa: E402
 from trainer_helpers import make_assets, write_config_file  # noqa: E402
 
-from jaxbiqa.paths import as_path  # noqa: E402
+from jaxbiqa.paths import as_path, is_local  # noqa: E402
 
 pytestmark = pytest.mark.slow  # subprocess trainings killed and resumed
 
@@ -57,15 +58,23 @@ def _finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, 
     return process.returncode, out, err
 
 
+def _fresh(output: Path | str):
+    """`output` as a path whose listings are current: gcsfs caches a bucket's listings, which the
+    training subprocess changes behind this process's back (the instance epath uses: its arguments)."""
+    if not is_local(output):
+        fsspec.filesystem("gcs", finalize_on_close=True).invalidate_cache()
+    return as_path(output)
+
+
 def _checkpoints(output: Path | str) -> list[int]:
-    folder = as_path(output) / "checkpoints"
+    folder = _fresh(output) / "checkpoints"
     if not folder.is_dir():
         return []
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "commit_success.txt").exists())
 
 
 def _log_steps(output: Path | str) -> list[int]:
-    path = as_path(output) / "train_log.jsonl"
+    path = _fresh(output) / "train_log.jsonl"
     if not path.exists():
         return []
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -85,7 +94,7 @@ def _wait_for(condition, process: subprocess.Popen, timeout: float = 300) -> Non
 
 
 def _params(output: Path | str) -> dict[str, np.ndarray]:
-    return load_safetensors((as_path(output) / "policy" / "model.safetensors").read_bytes())
+    return load_safetensors((_fresh(output) / "policy" / "model.safetensors").read_bytes())
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +119,7 @@ def _killed_and_resumed(root: Path, config: Path, output: Path | str, straight, 
     assert process.returncode == -signal.SIGKILL
     stopped_at = max(_checkpoints(output))
     assert 4 <= stopped_at < final_step, "the kill must land mid-run"
-    assert not (as_path(output) / "policy").exists()
+    assert not (_fresh(output) / "policy").exists()
     if damage_latest:
         truncate_array_files(Path(output) / "checkpoints" / str(stopped_at))
 

@@ -222,3 +222,24 @@ def test_cut_at_placeholders():
     assert cut == 2
     np.testing.assert_array_equal(keep, [[1, 0, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0]])
     np.testing.assert_array_equal(out, [[5, 0, 0, 0], [5, 6, 7, 8], [0, 0, 0, 0]])
+
+
+def test_resume_step_sets_later_checkpoints_aside(tmp_path):
+    import jax.numpy as jnp
+
+    from jaxbiqa.checkpoint import Checkpointer
+
+    model_dir, data_dir = make_assets(tmp_path)
+    trainer = Trainer(tiny_config(model_dir, data_dir, tmp_path / "out"))
+    folder = tmp_path / "out" / "checkpoints"
+    with Checkpointer(folder, async_save=False) as checkpointer:
+        for step in (2, 4, 6):
+            checkpointer.save(step, {"x": jnp.zeros(2)}, force=True)
+        with pytest.raises(FileExistsError, match="--resume"):
+            trainer._resume_step(checkpointer, resume=False, resume_step=None)
+        with pytest.raises(FileNotFoundError, match=r"no checkpoint for step 5 .* \[2, 4, 6\]"):
+            trainer._resume_step(checkpointer, resume=True, resume_step=5)
+        assert trainer._resume_step(checkpointer, resume=True, resume_step=None) == 6
+        assert trainer._resume_step(checkpointer, resume=True, resume_step=4) == 4
+        # the later step would block the resumed run's own save of it: kept aside, not deleted
+        assert checkpointer.all_steps() == [2, 4] and (folder / "6.superseded").is_dir()
