@@ -2,14 +2,27 @@
 
 Each sub-command lives in its own module exposing `configure(parser)` and `run(args) -> int`;
 modules are imported only when their command runs, so `jaxbiqa --help` stays instant.
+
+One error boundary for every command: a user error (`jaxbiqa.config.UserError`: bad input, a bad
+config, a missing or corrupt file; or an `OSError`: a missing file, an unwritable path, a full disk)
+prints one line naming what and where and exits with status 2; `--debug` anywhere on the command
+line (or JAXBIQA_DEBUG=1) shows its traceback instead. Any other exception is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+
+from jaxbiqa.config import UserError
+
+USAGE_ERROR = 2  # bad input, as argparse's own usage errors
+DEBUG_FLAG, DEBUG_ENV = "--debug", "JAXBIQA_DEBUG"
 
 # name -> (module, one-line help). Modules that a later issue provides are listed with the issue.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -36,15 +49,31 @@ def _load(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxbiqa", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="jaxbiqa", description=__doc__.splitlines()[0],
+                                     epilog=f"{DEBUG_FLAG} (anywhere) or {DEBUG_ENV}=1: show the traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+def user_error_message(err: BaseException) -> str | None:
+    """The one line a user error is reported with; None for anything else (a bug: keep its traceback)."""
+    if isinstance(err, UserError):
+        return str(err)
+    if isinstance(err, OSError):
+        what = err.strerror or str(err)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT) and "disk full" not in what:
+            what += " (disk full)"
+        where = err.filename if err.filename is None or err.filename2 is None else f"{err.filename} -> {err.filename2}"
+        return f"{what}: {where}" if where is not None else what
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != DEBUG_FLAG]
     parser = build_parser()
     if not argv or argv[0] not in COMMANDS:
         parser.parse_args(argv)  # prints usage / the unknown-command error and exits
@@ -56,7 +85,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     sub = argparse.ArgumentParser(prog=f"jaxbiqa {name}", description=COMMANDS[name][1])
     module.configure(sub)
-    return int(module.run(sub.parse_args(rest)) or 0)
+    args = sub.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except (UserError, OSError) as err:
+        message = user_error_message(err)
+        if debug or message is None:
+            raise
+        print(f"jaxbiqa {name}: error: {message}", file=sys.stderr)
+        return USAGE_ERROR
 
 
 if __name__ == "__main__":

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib.util
 import json
 import math
+import numbers
+import traceback
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -23,6 +26,114 @@ from typing import Any, Literal
 
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class UserError(ValueError):
+    """Input the user can fix (a file, record, setting or path), not a bug: the command line prints its
+    message as one line and exits with status 2 (`jaxbiqa.cli`). Every error type of the library for
+    bad input derives from it; it lives here because every layer may import this leaf module."""
+
+
+class ConfigError(UserError):
+    """A config file, key or value that cannot be used; the message says which and why."""
+
+
+# ---------------------------------------------------------------- sections
+# Every section is declared with `@section`: a frozen dataclass whose fields are checked against
+# their declared types when it is built, in Python (a config file) as with `--set`, and whose
+# numbers must be finite (NaN and inf are refused everywhere); its own `__post_init__` then checks
+# ranges and combinations.
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _typed(value: Any, tp: Any, where: str) -> Any:
+    """`value` if it is of type `tp` (a list for a tuple becomes a tuple, an integer for a float a
+    float); a ConfigError naming `where` otherwise, and for any NaN or infinite number."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:  # e.g. a reward's keyword parameters: any JSON-like value, its numbers finite
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}={value}: must be a finite number")
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                _typed(item, Any, f"{where}.{key}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                _typed(item, Any, f"{where}[{i}]")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _typed(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}={value!r} is not {_type_name(tp)}")
+    if origin is Literal:
+        if any(value == choice and type(value) is type(choice) for choice in args):
+            return value
+        raise ConfigError(f"{where}={value!r} is not one of {list(args)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+    elif tp is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}={value}: must be a finite number")
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        if isinstance(value, (tuple, list)):
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+            if len(value) == len(args):
+                return tuple(_typed(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    elif origin in (dict, Mapping):
+        if isinstance(value, Mapping):
+            key_t, val_t = args or (Any, Any)
+            return {_typed(k, key_t, where): _typed(v, val_t, f"{where}.{k}") for k, v in value.items()}
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+    else:
+        raise ConfigError(f"{where}: unsupported field type {tp}")
+    raise ConfigError(f"{where}={value!r}: expected {_type_name(tp)}, got {type(value).__name__}")
+
+
+def _check_fields(self: Any) -> None:
+    for field in dataclasses.fields(self):
+        value = getattr(self, field.name)
+        typed = _typed(value, _field_types(type(self))[field.name], f"{type(self).__name__}.{field.name}")
+        if typed is not value:  # normalised (list -> tuple, int -> float): a frozen field is set once, here
+            object.__setattr__(self, field.name, typed)
+
+
+def section(cls: type) -> type:
+    """A config section: a frozen dataclass whose field types (and finiteness) are checked when it is
+    built, before its own `__post_init__` checks ranges."""
+    own = cls.__dict__.get("__post_init__")
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if own is not None:
+            own(self)
+
+    cls.__post_init__ = __post_init__
+    return dataclasses.dataclass(frozen=True)(cls)
 
 
 # ---------------------------------------------------------------- runtime
@@ -55,7 +166,7 @@ def _check_shape(name: str, shape: dict[str, int], problems: list[str]) -> None:
         problems.append(f"{name} may have at most one -1 size, got {shape}")
 
 
-@dataclasses.dataclass(frozen=True)
+@section
 class RuntimeSection:
     # mesh axis sizes within a slice (ICI) and across slices / hosts (DCN); see the comment above
     mesh: dict[str, int] = dataclasses.field(default_factory=lambda: {"data": 1, "fsdp": -1, "tensor": 1})
@@ -110,7 +221,10 @@ class RuntimeSection:
 # Records are then filtered to `train_split` / `eval_split` (an empty value keeps every split).
 
 
-@dataclasses.dataclass(frozen=True)
+MAX_PIXELS_LIMIT = 16_384 * 28 * 28  # 12.8 Mpx: the Qwen2.5-VL processor's own largest budget
+
+
+@section
 class DataSection:
     train: tuple[str, ...] = ("synthetic:data/synthetic",)
     eval: tuple[str, ...] = ("synthetic:data/synthetic",)
@@ -124,8 +238,11 @@ class DataSection:
     # images keep their aspect ratio: each is resized as Qwen2.5-VL's processor does (sides
     # multiples of 28 px, about min..max pixels; images.resized_size) and every batch holds images
     # of one size (pipeline.BatchPlan), e.g. KonIQ 512x384 -> 504x392 (252 tokens), 512x512 -> 448x448
-    max_pixels: int = 200_704          # 256 x 28 x 28: at most 256 visual tokens
+    max_pixels: int = 200_704          # 256 x 28 x 28: at most 256 visual tokens (at most MAX_PIXELS_LIMIT)
     min_pixels: int = 3_136            # 56 x 56, the Qwen2.5-VL processor's default
+    # decompression-bomb limit: an image file whose header promises more pixels is a bad record,
+    # refused before decoding (Pillow's own default hard limit; raise it for trusted large files)
+    max_image_pixels: int = 178_956_970
     prompts: str = "humaniqa"          # the prompt set of both passes, by name (`jaxbiqa.prompts.PROMPT_SETS`)
 
     # iteration
@@ -157,14 +274,19 @@ class DataSection:
             problems.append(f"global_batch_size={self.global_batch_size} must be >= 1")
         if self.num_workers < 0 or self.read_threads < 1:
             problems.append(f"num_workers={self.num_workers} must be >= 0 and read_threads={self.read_threads} >= 1")
-        if not 0 < self.min_pixels <= self.max_pixels:
-            problems.append(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        if not 0 < self.min_pixels <= self.max_pixels <= MAX_PIXELS_LIMIT:
+            problems.append(f"need 0 < min_pixels <= max_pixels <= {MAX_PIXELS_LIMIT} (16384 visual tokens, "
+                            f"Qwen2.5-VL's largest), got {self.min_pixels}, {self.max_pixels}")
+        if self.max_image_pixels < 1:
+            problems.append(f"max_image_pixels={self.max_image_pixels} must be >= 1")
+        synthetic = [self.synthetic_num_photos, self.synthetic_seen_crops_per_photo, self.shard_count,
+                     self.worker_buffer_size, self.prefetch_buffer_size]
+        if any(n < 0 for n in synthetic) or min(self.synthetic_crop_size, self.synthetic_crops_per_photo,
+                                                 self.synthetic_types_per_crop) < 1:
+            problems.append("synthetic_num_photos, synthetic_seen_crops_per_photo, shard_count and the buffer sizes "
+                            "must be >= 0; synthetic_crop_size, _crops_per_photo and _types_per_crop >= 1")
         if self.num_epochs is not None and self.num_epochs < 1:
             problems.append(f"num_epochs={self.num_epochs} must be >= 1 (or None for no end)")
-        if self.on_bad_record not in ("raise", "skip"):
-            problems.append(f"on_bad_record={self.on_bad_record!r} must be 'raise' or 'skip'")
-        if self.mos_scale not in ("table", "data"):
-            problems.append(f"mos_scale={self.mos_scale!r} must be 'table' or 'data'")
         if problems:
             raise ValueError("data section: " + "; ".join(problems))
 
@@ -181,7 +303,7 @@ class DataSection:
 QWEN_IM_END, QWEN_ENDOFTEXT = 151645, 151643
 
 
-@dataclasses.dataclass(frozen=True)
+@section
 class SamplingSection:
     max_new_tokens: int = 1024
     num_samples: int = 1  # G: completions per prompt, all decoded from one shared prefill
@@ -225,7 +347,7 @@ class SamplingSection:
         return dataclasses.replace(self, **changes)
 
 
-@dataclasses.dataclass(frozen=True)
+@section
 class RolloutSection:
     """The method's rollout (method.md section 4): pass 1 on image + prompt, pass 2 on the caption."""
 
@@ -265,7 +387,7 @@ Aggregation = Literal["seq_mean_token_mean", "token_mean", "seq_sum"]
 Schedule = Literal["linear", "constant", "cosine"]
 
 
-@dataclasses.dataclass(frozen=True)
+@section
 class GRPOSection:
     """The GRPO objective. Alternatives from method.md section 6: Dr.GRPO (`advantage="drgrpo"`,
     `aggregation="seq_sum"`), DAPO (`aggregation="token_mean"`, `clip_epsilon_high=0.28`), RLOO.
@@ -295,7 +417,7 @@ class GRPOSection:
             raise ValueError("grpo.num_iterations and logprob_chunk_size must be >= 1")
 
 
-@dataclasses.dataclass(frozen=True)
+@section
 class OptimSection:
     """AdamW behind a global-norm clip, with a learning-rate schedule and gradient accumulation."""
 
@@ -322,7 +444,7 @@ class OptimSection:
             raise ValueError("optim.warmup_steps and optim.micro_batch_size must be >= 0")
 
 
-@dataclasses.dataclass(frozen=True)
+@section
 class SFTSection:
     """Supervised warm start on reference completions (the demo's start for a random model)."""
 
@@ -335,7 +457,7 @@ class SFTSection:
             raise ValueError(f"sft.steps must be >= 0, got {self.steps}")
 
 
-@dataclasses.dataclass(frozen=True)
+@section
 class CheckpointSection:
     directory: str = ""                 # "" = <output_dir>/checkpoints
     save_interval_steps: int = 100
@@ -361,7 +483,7 @@ class CheckpointSection:
 # and the final evaluation.
 
 
-@dataclasses.dataclass(frozen=True)
+@section
 class TrainSection:
     # run length: GRPO steps (one rollout each) are the train split's batches x data.num_epochs,
     # capped at max_steps when it is > 0 (required when data.num_epochs is None)
@@ -381,12 +503,18 @@ class TrainSection:
     tensorboard: bool = True
     progress: bool = True            # a tqdm progress bar with ETA on stderr
 
+    # an update with a non-finite loss or gradient is skipped (parameters unchanged, counted as
+    # `skipped_updates` in train_log.jsonl); the run stops with an error after this many skipped in a
+    # row, and when a stage ends in a run of skipped updates at least half its steps (0: only then)
+    max_consecutive_skipped_updates: int = 10
+
     # evaluation (`config.eval` on data.eval / data.eval_split) at the end, and after the warm start
     eval_at_end: bool = True
     eval_after_sft: bool = True
 
     def __post_init__(self):
-        for name in ("max_steps", "sft_batch_size", "samples_every", "samples_per_log"):
+        for name in ("max_steps", "sft_batch_size", "samples_every", "samples_per_log",
+                     "max_consecutive_skipped_updates"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.log_every < 1:
@@ -401,7 +529,7 @@ INVALID_SENTINEL = -1.0  # the authors' value for an unparsable rating (`eval.on
 OnInvalid = Literal["drop", "fill"]
 
 
-@dataclasses.dataclass(frozen=True)
+@section
 class EvalSection:
     decoding: Literal["sampled", "greedy"] = "sampled"  # sampled: temperature / top_k / top_p below
     seed: int = 42                    # batch b draws with fold_in(key(seed), b)
@@ -418,8 +546,10 @@ class EvalSection:
     progress: bool = False            # a progress bar
 
     def __post_init__(self):
-        if self.decoding not in ("sampled", "greedy"):
-            raise ValueError(f"eval.decoding must be 'sampled' or 'greedy', got {self.decoding!r}")
+        if self.decoding == "sampled" and not self.temperature > 0:
+            raise ValueError(f"eval.temperature must be > 0 for sampled decoding, got {self.temperature}")
+        if self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"eval.top_k must be >= 0 and eval.top_p in (0, 1], got {self.top_k}, {self.top_p}")
         if self.batch_size < 0 or self.max_examples < 0:
             raise ValueError(f"eval.batch_size and eval.max_examples must be >= 0, got {self.batch_size}, "
                              f"{self.max_examples}")
@@ -435,16 +565,16 @@ class EvalSection:
 # ---------------------------------------------------------------- the whole config
 
 
-class ConfigError(ValueError):
-    """A config file, key or value that cannot be used; the message says which and why."""
-
-
-@dataclasses.dataclass(frozen=True)
+@section
 class ModelSection:
     """The policy: where its weights come from and how it runs."""
 
-    # a Hugging Face checkpoint folder (config.json + safetensors), or a config.json alone for a random init
+    # a Hugging Face checkpoint folder (config.json + safetensors); with init="random", a folder or a
+    # config.json file whose architecture is initialised randomly (weights there are not read)
     path: str = ""
+    # "pretrained": model.path must hold safetensors weights (a folder without them is an error);
+    # "random": a random initialisation, an explicit choice (the demo's `demo:FOLDER` model sets it)
+    init: Literal["pretrained", "random"] = "pretrained"
     tokenizer: str = ""  # a tokenizer folder; "" means the one in `path`
     # Mixed precision as DeepSpeed's --bf16 (the authors' runs) does it: float32 master weights and
     # AdamW moments (`param_dtype`), each matmul in the compute `dtype` (the parameters are cast per
@@ -464,8 +594,13 @@ class ModelSection:
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     lora_dtype: Literal["float32", "bfloat16"] = "float32"  # the adapters' own (master) dtype
 
+    def __post_init__(self):
+        if self.lora_rank < 0 or not self.lora_alpha > 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"model.lora_rank must be >= 0, lora_alpha > 0 and lora_dropout in [0, 1), got "
+                             f"{self.lora_rank}, {self.lora_alpha}, {self.lora_dropout}")
 
-@dataclasses.dataclass(frozen=True)
+
+@section
 class RewardsSection:
     """Reward terms by registered name (`jaxbiqa.rewards.REWARDS`): weights and factory parameters.
 
@@ -490,7 +625,7 @@ class RewardsSection:
     })
 
 
-@dataclasses.dataclass(frozen=True)
+@section
 class Config:
     name: str = "default"
     seed: int = 0
@@ -545,10 +680,6 @@ def check_master_weights(config: Config) -> None:
 
 
 # ---------------------------------------------------------------- parsing values by declared type
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
 
 def closest_key(key: str, valid: Sequence[str]) -> str:
     """An error message's tail: the closest valid key, then all of them."""
@@ -680,8 +811,9 @@ def _build(make, where: str):
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """JSON-ready nested dict of a config (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    """JSON-ready nested dict of a config (tuples become lists); standard JSON: a NaN or inf, which
+    the sections refuse, would be an error here rather than a `NaN` token in config.json."""
+    return json.loads(json.dumps(dataclasses.asdict(config), allow_nan=False))
 
 
 def apply_override(config: Any, assignment: str) -> Any:
@@ -726,15 +858,40 @@ def _set(node: Any, path: list[str], raw: str, full_key: str) -> Any:
 # ---------------------------------------------------------------- config files
 
 def resolve_config_path(name_or_path: str) -> Path:
-    """A config file path, or a recipe name looked up in the repository's `configs/`."""
+    """A config file: a path (it has a folder part or ends in `.py`) must exist; a bare name is a recipe
+    of the repository's `configs/`."""
     path = Path(name_or_path)
-    if path.suffix == ".py" and path.is_file():
-        return path
-    candidate = CONFIGS_DIR / f"{path.stem if path.suffix == '.py' else name_or_path}.py"
+    known = sorted(p.stem for p in CONFIGS_DIR.glob("*.py")) if CONFIGS_DIR.is_dir() else []
+    if path.suffix == ".py" or len(path.parts) > 1:
+        if path.is_file():
+            return path
+        hint = f" (the recipe of that name is --config {path.stem})" if path.stem in known else ""
+        raise ConfigError(f"config file {name_or_path} not found{hint}")
+    candidate = CONFIGS_DIR / f"{name_or_path}.py"
     if candidate.is_file():
         return candidate
-    known = sorted(p.stem for p in CONFIGS_DIR.glob("*.py")) if CONFIGS_DIR.is_dir() else []
-    raise ConfigError(f"config {name_or_path!r} not found (not a file; recipes in {CONFIGS_DIR}: {', '.join(known) or 'none'})")
+    raise ConfigError(f"config {name_or_path!r} not found: neither a file nor a recipe in {CONFIGS_DIR} "
+                      f"({', '.join(known) or 'none'})")
+
+
+def _run_config_file(path: Path) -> Any:
+    """`get_config()` of a config file; an error inside the file becomes a ConfigError naming its line."""
+    spec = importlib.util.spec_from_file_location(f"jaxbiqa_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        get_config = getattr(module, "get_config", None)
+        config = get_config() if get_config is not None else None
+    except SyntaxError as err:
+        raise ConfigError(f"{path}:{err.lineno}: syntax error: {err.msg}") from err
+    except Exception as err:  # whatever the file's own code raises, e.g. a bad value in Config(...)
+        lines = [frame.lineno for frame in traceback.extract_tb(err.__traceback__)
+                 if Path(frame.filename).resolve() == path.resolve()]
+        where = f"{path}:{lines[-1]}" if lines else str(path)
+        raise ConfigError(f"{where}: {type(err).__name__}: {err}") from err
+    if get_config is None:
+        raise ConfigError(f"{path}: a config file must define get_config() -> Config")
+    return config
 
 
 def load_config(name_or_path: str | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -742,12 +899,7 @@ def load_config(name_or_path: str | None = None, overrides: Sequence[str] = ()) 
     config = Config()
     if name_or_path:
         path = resolve_config_path(name_or_path)
-        spec = importlib.util.spec_from_file_location(f"jaxbiqa_config_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        if not hasattr(module, "get_config"):
-            raise ConfigError(f"{path}: a config file must define get_config() -> Config")
-        config = module.get_config()
+        config = _run_config_file(path)
         if not isinstance(config, Config):
             raise ConfigError(f"{path}: get_config() returned {type(config).__name__}, not jaxbiqa.config.Config")
     for assignment in overrides:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from jaxbiqa.config import ConfigError, load_config, to_dict
+from jaxbiqa.config import load_config, to_dict
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,10 +20,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config = load_config(args.config, args.overrides)
     print(json.dumps(to_dict(config), indent=2))
     return 0

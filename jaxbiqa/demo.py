@@ -98,6 +98,7 @@ def evaluate_run(out_dir: Path, decoding: str, progress: bool, split: str) -> tu
     for that step)."""
     from jaxbiqa.eval.policy import find_checkpoint, load_policy
     from jaxbiqa.config import eval_settings
+    from jaxbiqa.data.records import SkipReport
     from jaxbiqa.eval.evaluate import METRICS_FILE, count_records, eval_pipeline, evaluate
 
     folder = out_dir / EVAL_DIR / f"demo_{decoding}" / split
@@ -112,9 +113,11 @@ def evaluate_run(out_dir: Path, decoding: str, progress: bool, split: str) -> tu
     policy = load_policy(str(out_dir), None)
     data = dataclasses.replace(policy.config.data, eval_split=split)
     settings = eval_settings(policy.config, decoding=decoding, progress=progress)
-    result = evaluate(policy.model, policy.processor, eval_pipeline(data, policy.processor), folder,
+    skipped = SkipReport()
+    result = evaluate(policy.model, policy.processor, eval_pipeline(data, policy.processor, skipped=skipped), folder,
                       rollout=policy.config.rollout, settings=settings, total=count_records(data),
-                      extra={"checkpoint": policy.source, "eval": list(data.eval), "eval_split": split})
+                      extra={"checkpoint": policy.source, "eval": list(data.eval), "eval_split": split},
+                      skipped=skipped)
     return folder, result.metrics
 
 
@@ -212,7 +215,8 @@ def write_report(out_dir: Path, sets: dict[str, tuple[Path, dict]]) -> tuple[Pat
     predictions = combine_predictions(sets, folder / "predictions.jsonl")
     built = build_report(predictions, folder, training_log=log_file if log_file.is_file() else None,
                          human=human if human.is_file() else None, html=True,
-                         title="jaxbiqa demo: " + "; ".join(f"{k} = {v}" for k, v in SETS.items()))
+                         title="jaxbiqa demo: " + "; ".join(f"{k} = {v}" for k, v in SETS.items()),
+                         skipped_records={label: found.get("skipped_records", 0) for label, (_, found) in sets.items()})
     return built.markdown, built.html, built.metrics
 
 
@@ -283,8 +287,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxbiqa.config import ConfigError
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax reports every checkpoint operation at INFO
     logging.getLogger("jax").setLevel(logging.WARNING)  # e.g. "Unable to initialize backend 'tpu'" on CPU
@@ -293,9 +295,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_demo(args.out, config_name=args.config, overrides=tuple(args.overrides),
                           decoding=args.decoding, progress=not args.no_progress)
-    except ConfigError as err:
-        print(f"jaxbiqa demo: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt as err:
         print(f"jaxbiqa demo: interrupted: {err or 'run `jaxbiqa demo` again to resume'}", file=sys.stderr)
         return 130

@@ -172,10 +172,10 @@ def ensure_demo_model(folder: str | Path, spec: DemoModelSpec = DemoModelSpec())
 
 
 def resolve_demo_model(config: Config) -> Config:
-    """`config` with a `demo:FOLDER` model path built (`ensure_demo_model`) and replaced by FOLDER;
-    any other config unchanged."""
+    """`config` with a `demo:FOLDER` model path built (`ensure_demo_model`) and replaced by FOLDER, a
+    random initialisation (`model.init="random"`); any other config unchanged."""
     path = config.model.path
     if not path.startswith(DEMO_PREFIX):
         return config
     folder = ensure_demo_model(path[len(DEMO_PREFIX):])
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, path=str(folder)))
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, path=str(folder), init="random"))

@@ -27,7 +27,7 @@ from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 
 from jaxbiqa import sharding
-from jaxbiqa.config import RuntimeSection
+from jaxbiqa.config import ConfigError, RuntimeSection
 
 ENV_COORDINATOR = "JAXBIQA_COORDINATOR"
 ENV_NUM_PROCESSES = "JAXBIQA_NUM_PROCESSES"
@@ -58,7 +58,7 @@ def _env_int(env: Mapping[str, str], name: str) -> int | None:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"environment variable {name}={text!r} is not an integer") from None
+        raise ConfigError(f"environment variable {name}={text!r} is not an integer") from None
 
 
 def detect_cluster(section: RuntimeSection = RuntimeSection(), env: Mapping[str, str] | None = None, *,
@@ -78,17 +78,17 @@ def detect_cluster(section: RuntimeSection = RuntimeSection(), env: Mapping[str,
     if address:
         missing = [name for name, value in ((ENV_NUM_PROCESSES, count), (ENV_PROCESS_ID, index)) if value is None]
         if missing:
-            raise ValueError(f"coordinator {address!r} given but not {' / '.join(missing)} "
+            raise ConfigError(f"coordinator {address!r} given but not {' / '.join(missing)} "
                              f"(set the environment variables, the runtime.* fields, or the arguments)")
         if not 0 <= index < count:
-            raise ValueError(f"process id {index} is not in [0, {count}) for coordinator {address!r}")
+            raise ConfigError(f"process id {index} is not in [0, {count}) for coordinator {address!r}")
         return ClusterSpec("explicit", address, count, index)
     if count is not None or index is not None:
-        raise ValueError(f"a process count / id ({count}, {index}) without a coordinator address: set "
+        raise ConfigError(f"a process count / id ({count}, {index}) without a coordinator address: set "
                          f"{ENV_COORDINATOR} (host:port of process 0) or runtime.coordinator_address")
     requested = env.get(ENV_DISTRIBUTED, "").strip().lower()
     if requested not in ("", "auto", "on", "off", "1", "0"):
-        raise ValueError(f"environment variable {ENV_DISTRIBUTED}={requested!r}: expected on, off or auto")
+        raise ConfigError(f"environment variable {ENV_DISTRIBUTED}={requested!r}: expected on, off or auto")
     if requested in ("off", "0"):
         return None
     if section.distributed == "on" or requested in ("on", "1"):
@@ -155,13 +155,13 @@ def resolve_mesh_shape(shape: Mapping[str, int], total: int, what: str = "mesh")
     known = math.prod(v for v in sizes.values() if v != -1)
     rest = [k for k, v in sizes.items() if v == -1]
     if len(rest) > 1:
-        raise ValueError(f"{what} {dict(shape)}: at most one size may be -1")
+        raise ConfigError(f"{what} {dict(shape)}: at most one size may be -1")
     if rest:
         if total % known:
-            raise ValueError(f"{what} {dict(shape)}: {total} does not divide by {known}")
+            raise ConfigError(f"{what} {dict(shape)}: {total} does not divide by {known}")
         sizes[rest[0]] = total // known
     if math.prod(sizes.values()) != total:
-        raise ValueError(f"{what} {dict(shape)} needs {math.prod(sizes.values())}, there are {total}")
+        raise ConfigError(f"{what} {dict(shape)} needs {math.prod(sizes.values())}, there are {total}")
     return sizes
 
 
@@ -190,7 +190,7 @@ def make_mesh(shape: Mapping[str, int], dcn_shape: Mapping[str, int] | None = No
     kind = "processes" if by_process else "slices"
     dcn = resolve_mesh_shape(dcn, count, f"dcn mesh over {count} {kind}")
     if len(devices) % count:
-        raise ValueError(f"{len(devices)} devices do not split evenly over {count} {kind}")
+        raise ConfigError(f"{len(devices)} devices do not split evenly over {count} {kind}")
     per_granule = len(devices) // count
     ici = resolve_mesh_shape(shape, per_granule, f"mesh over the {per_granule} devices of each of the {kind}")
     names = _canonical_order(list(dict.fromkeys([*ici, *dcn])))
@@ -204,7 +204,7 @@ def rules_from_config(section: RuntimeSection) -> sharding.LogicalRules:
     table = dict(sharding.DEFAULT_RULES)
     unknown = sorted(set(section.rules) - set(table))
     if unknown:
-        raise ValueError(f"runtime.rules: unknown logical axes {unknown}; known: {sorted(table)}")
+        raise ConfigError(f"runtime.rules: unknown logical axes {unknown}; known: {sorted(table)}")
     for name, text in section.rules.items():
         axes = tuple(a.strip() for a in text.split(",") if a.strip())
         table[name] = axes[0] if len(axes) == 1 else (axes or None)

@@ -21,6 +21,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image
 
+from jaxbiqa.data.images import MAX_IMAGE_PIXELS, check_pixels
 from jaxbiqa.paths import as_path, local_copy
 from jaxbiqa.prompts import PromptSet
 
@@ -188,8 +189,10 @@ def load_image(image: ImageLike) -> Image.Image:
         pil = Image.fromarray(image)
     elif isinstance(image, bytes):
         pil = Image.open(io.BytesIO(image))
+        check_pixels(pil.size, MAX_IMAGE_PIXELS, "<image bytes>")  # before anything is decoded
     elif isinstance(image, (str, os.PathLike)):
         pil = Image.open(image)
+        check_pixels(pil.size, MAX_IMAGE_PIXELS, str(image))
     else:
         raise TypeError(f"cannot read an image from {type(image).__name__}")
     return pil.convert("RGB")

@@ -25,12 +25,14 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from jaxbiqa.config import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 ELASTIC_AXES = frozenset({"batch"})  # logical axes left unsharded where their mesh axes do not divide them
 
 
-class ShardingError(ValueError):
-    """A mesh axis that does not divide the dimension a rule shards over it."""
+class ShardingError(ConfigError):
+    """A mesh axis that does not divide the dimension a rule shards over it (a mesh or rules setting)."""
 
 # logical name -> mesh axis (or axes, or None for replicated). Order of precedence is the order
 # of the table: a mesh axis already used by an earlier dimension of the same array is skipped.

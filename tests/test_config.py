@@ -113,3 +113,69 @@ def test_partial_dict_keeps_the_section_defaults():
     assert config.rollout.pass1.top_k == 50
     assert config.rollout.pass1.num_samples == Config().rollout.pass1.num_samples == 4
     assert config.rollout.pass1.stop_strings == ("</answer>",)
+
+
+@pytest.mark.parametrize("assignment", [
+    "sft.optim.learning_rate=nan", "optim.learning_rate=inf", "optim.learning_rate=-inf", "grpo.beta=nan",
+    "grpo.clip_epsilon=nan", "rewards.weights.score=nan", "rewards.params.score.threshold=NaN", "eval.top_p=nan",
+    "model.lora_alpha=inf", "runtime.compilation_cache_min_compile_secs=nan",
+    "rewards.params.score.valid_range=[1, NaN]",
+])
+def test_non_finite_numbers_are_refused_at_config_time(assignment, capsys):
+    """The probe: `--set sft.optim.learning_rate=nan` trained an all-NaN policy with exit code 0."""
+    with pytest.raises(ConfigError, match="must be a finite number"):
+        apply_override(Config(), assignment)
+    assert cli.main(["config", "--set", assignment]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "finite" in err
+
+
+def test_config_file_values_are_type_checked_like_set_values(tmp_path):
+    with pytest.raises(ConfigError, match="Config.seed='abc': expected int"):
+        Config(seed="abc")
+    with pytest.raises(ConfigError, match="Config.output_dir=5: expected str"):
+        Config(output_dir=5)
+    with pytest.raises(ConfigError, match="OptimSection.learning_rate=nan: must be a finite number"):
+        dataclasses.replace(Config().optim, learning_rate=float("nan"))
+    config = Config(data=dataclasses.replace(Config().data, train=["synthetic:a"], max_pixels=200_704))
+    assert config.data.train == ("synthetic:a",)  # a list in a file is the tuple --set gives
+    assert "NaN" not in json.dumps(to_dict(config))
+    path = tmp_path / "typed.py"
+    path.write_text("from jaxbiqa.config import Config\n\n\ndef get_config():\n"
+                    "    return Config(seed='abc', output_dir=5)\n")
+    with pytest.raises(ConfigError, match=rf"{path}:5: ConfigError: Config.seed='abc'"):
+        load_config(str(path))
+
+
+def test_numeric_ranges_are_checked_where_declared():
+    for assignment, message in [("model.lora_dropout=1.5", "lora_dropout"), ("eval.temperature=0", "temperature"),
+                                ("data.max_pixels=100000000000", "max_pixels"), ("eval.top_p=2", "top_p"),
+                                ("train.max_consecutive_skipped_updates=-1", "max_consecutive_skipped_updates")]:
+        with pytest.raises(ConfigError, match=message):
+            apply_override(Config(), assignment)
+
+
+def test_config_file_errors_name_the_file_and_line(tmp_path, capsys):
+    broken = tmp_path / "broken.py"
+    broken.write_text("from jaxbiqa.config import Config\n\ndef get_config(:\n    return Config()\n")
+    with pytest.raises(ConfigError, match=rf"{broken}:3: syntax error"):
+        load_config(str(broken))
+    raising = tmp_path / "raising.py"
+    raising.write_text("from jaxbiqa.config import Config\n\n\ndef get_config():\n    return Config(nope=1)\n")
+    with pytest.raises(ConfigError, match=rf"{raising}:5: TypeError: .*unexpected keyword argument 'nope'"):
+        load_config(str(raising))
+    assert cli.main(["config", "--config", str(raising)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{raising}:5" in err and "Traceback" not in err
+    with pytest.raises(ConfigError):  # --debug shows the traceback: the error propagates
+        cli.main(["config", "--config", str(raising), "--debug"])
+
+
+def test_a_config_path_that_does_not_exist_is_an_error(tmp_path, monkeypatch):
+    """The probe: `--config /some/dir/demo_cpu.py` (no such file) silently loaded configs/demo_cpu.py."""
+    with pytest.raises(ConfigError, match=rf"config file {tmp_path}/demo_cpu.py not found .*--config demo_cpu"):
+        load_config(str(tmp_path / "demo_cpu.py"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="config file demo_cpu.py not found"):
+        load_config("demo_cpu.py")
+    assert load_config("demo_cpu").name == "demo_cpu"  # a bare name is a recipe of configs/

@@ -30,7 +30,7 @@ def tiny_overrides(root: Path) -> list[str]:
     epoch of 3 steps with 2 samples per prompt, short completions."""
     model = ensure_demo_model(root / "model", TINY)
     data = root / "synthetic"
-    return [f"model.path={model}", "model.scan_layers=false", "model.remat=false",
+    return [f"model.path={model}", "model.init=random", "model.scan_layers=false", "model.remat=false",
             f'data.train=["synthetic:{data}"]', f'data.eval=["synthetic:{data}"]', "data.synthetic_num_photos=4",
             "data.synthetic_crops_per_photo=1", "data.synthetic_seen_crops_per_photo=1", "data.synthetic_types_per_crop=1", "data.synthetic_crop_size=56",
             "data.min_pixels=3136", "data.max_pixels=3136", "data.global_batch_size=6",

@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from jaxbiqa.config import DataSection
+from jaxbiqa.config import DataSection, UserError
 from jaxbiqa.data.records import SkipReport, summarise
 
 
@@ -61,7 +61,7 @@ def _reader_options(args: argparse.Namespace) -> dict[str, Any]:
     for name, value in (("split", args.split), ("split_file", args.split_file), ("image_root", args.image_root)):
         if value is not None:
             if name not in accepted:
-                raise SystemExit(f"jaxbiqa data build: --{name.replace('_', '-')} does not apply to {args.source}")
+                raise UserError(f"--{name.replace('_', '-')} does not apply to {args.source}")
             options[name] = value
     if "scale" in accepted:
         options["scale"] = args.scale
@@ -70,7 +70,7 @@ def _reader_options(args: argparse.Namespace) -> dict[str, Any]:
     for item in args.option:
         key, sep, value = item.partition("=")
         if not sep or key not in accepted:
-            raise SystemExit(f"jaxbiqa data build: bad --option {item!r} for {args.source}")
+            raise UserError(f"bad --option {item!r} for {args.source}; its options: {', '.join(accepted)}")
         options[key] = value
     return options
 
@@ -95,17 +95,17 @@ def _build(args: argparse.Namespace) -> int:
     from jaxbiqa.data.tfds_builder import build_tfds
 
     if args.source not in READERS:
-        print(f"jaxbiqa data build: unknown source {args.source!r}; known: {', '.join(READERS)}", file=sys.stderr)
-        return 2
+        raise UserError(f"unknown source {args.source!r}; known: {', '.join(READERS)}")
     options = _reader_options(args)
     report = options["report"]
     records = read_source(args.source, args.root, **options)
-    path, build_report = build_tfds(records, args.out, args.name or args.source, on_bad=args.on_bad_record,
-                                    verify_images=not args.no_verify)
-    for label, rep in (("labels", report), ("images", build_report)):
+    built = build_tfds(records, args.out, args.name or args.source, on_bad=args.on_bad_record,
+                       verify_images=not args.no_verify)
+    for label, rep in (("labels", report), ("images", built.report)):
         if len(rep):
             print(rep.summary(label), file=sys.stderr)
-    print(json.dumps({"path": str(path), **summarise(records)}, indent=1))
+    skipped = {"labels": len(report), "images": len(built.report)}  # bad label rows; records with a bad image
+    print(json.dumps({"path": str(built.path), **summarise(built.written), "skipped": skipped}, indent=1))
     return 0
 
 

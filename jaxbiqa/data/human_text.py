@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from jaxbiqa.config import UserError
 from jaxbiqa.parse import tag_content
 
 HUMAN_FIELDS: tuple[str, ...] = ("description", "good_aspect", "bad_aspect")
@@ -32,7 +33,7 @@ def _field_text(value: Any, *, where: str) -> str | list[str | None] | None:
         return None
     if isinstance(value, Mapping):
         if "answer" not in value:
-            raise ValueError(f"{where}: a dict field value needs an 'answer' key, got keys {sorted(value)}")
+            raise UserError(f"{where}: a dict field value needs an 'answer' key, got keys {sorted(value)}")
         return _field_text(value["answer"], where=where)
     if isinstance(value, str):
         english = tag_content(value, "translation")
@@ -41,9 +42,9 @@ def _field_text(value: Any, *, where: str) -> str | list[str | None] | None:
     if isinstance(value, (list, tuple, np.ndarray)):
         items = [_field_text(v, where=f"{where}[{k}]") for k, v in enumerate(value)]
         if any(isinstance(item, list) for item in items):
-            raise ValueError(f"{where}: nested lists are not a human text")
+            raise UserError(f"{where}: nested lists are not a human text")
         return items if any(items) else None
-    raise ValueError(f"{where}: a human text must be a str, {{'answer': str}}, a list or None, "
+    raise UserError(f"{where}: a human text must be a str, {{'answer': str}}, a list or None, "
                      f"got {type(value).__name__}")
 
 

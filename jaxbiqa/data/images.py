@@ -8,6 +8,11 @@ Decoding (Pillow) accepts any mode and returns RGB uint8 [H, W, 3]:
 * CMYK, YCbCr, palette, 1-bit and grey images go through Pillow's own RGB conversion.
 A missing or zero-byte file, a truncated or corrupt file, a file Pillow cannot identify (Pillow
 refuses images with a zero width or height there) and a decompression bomb are BadRecordErrors.
+Decompression bombs: an image whose header promises more than `max_pixels` pixels
+(`data.max_image_pixels`, by default Pillow's own hard limit of 178,956,970) is refused before
+anything is decoded, with a message naming the setting; Pillow's global check
+(`Image.MAX_IMAGE_PIXELS`) is turned off when this module is imported, so that the setting can
+also raise the limit for a trusted large file.
 
 Sizes: `read_image_size` reads the (height, width) an image decodes to from its header alone
 (EXIF orientation included), and `resized_size` is the size Qwen2.5-VL's image processor gives it,
@@ -22,7 +27,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from typing import BinaryIO
 
 import numpy as np
@@ -32,8 +36,18 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 from jaxbiqa.data.records import BadRecordError
 
 FACTOR = 28  # Qwen2.5-VL: 14-px patches merged 2 x 2
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning,
-                  EOFError)
+MAX_IMAGE_PIXELS = 2 * Image.MAX_IMAGE_PIXELS  # Pillow's default DecompressionBombError limit: 178,956,970
+Image.MAX_IMAGE_PIXELS = None  # `check_pixels` does it, with a limit the config can set
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int, where: str) -> None:
+    """Refuse an image of `size` (width, height as a header gives it) above `max_pixels`."""
+    width, height = size
+    if width * height > max_pixels:
+        raise BadRecordError(where, f"image too large: {width}x{height} = {width * height:,} pixels is over the "
+                                    f"decompression-bomb limit data.max_image_pixels={max_pixels:,}; raise it if "
+                                    "you trust the file")
 
 
 def _open_image_file(image: str | bytes, where: str) -> BinaryIO:
@@ -66,18 +80,19 @@ def _decode_error(err: BaseException, where: str) -> BadRecordError:
     return BadRecordError(where, f"{kind}: {type(err).__name__}: {err}")
 
 
-def read_image_size(image: str | bytes, where: str) -> tuple[int, int]:
+def read_image_size(image: str | bytes, where: str, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
     """(height, width) of the array `decode_image` returns, read from the header only: Pillow's
     `open` parses the header, EXIF orientations 5-8 (a quarter turn) swap the sides. A PNG's
     EXIF is read only when it comes before the pixel data (reading a later one means decoding)."""
     with _open_image_file(image, where) as handle:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(handle) as img:
-                    width, height = img.size
-                    late_png_exif = img.format == "PNG" and "exif" not in img.info
-                    orientation = 1 if late_png_exif else img.getexif().get(ExifTags.Base.Orientation, 1)
+            with Image.open(handle) as img:
+                width, height = img.size
+                check_pixels(img.size, max_pixels, where)
+                late_png_exif = img.format == "PNG" and "exif" not in img.info
+                orientation = 1 if late_png_exif else img.getexif().get(ExifTags.Base.Orientation, 1)
+        except BadRecordError:
+            raise
         except _DECODE_ERRORS as err:
             raise _decode_error(err, where) from None
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
@@ -98,14 +113,16 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, where: str) -> np.ndarray:
-    """RGB uint8 [H, W, 3] from encoded bytes (see the module doc for the modes handled)."""
+def decode_image(data: bytes, where: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """RGB uint8 [H, W, 3] from encoded bytes (see the module doc for the modes handled); an image
+    over `max_pixels` is refused before it is decoded."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                return np.asarray(_to_rgb(ImageOps.exif_transpose(img)), dtype=np.uint8)
+        with Image.open(io.BytesIO(data)) as img:
+            check_pixels(img.size, max_pixels, where)
+            img.load()
+            return np.asarray(_to_rgb(ImageOps.exif_transpose(img)), dtype=np.uint8)
+    except BadRecordError:
+        raise
     except _DECODE_ERRORS as err:
         raise _decode_error(err, where) from None
 

@@ -59,9 +59,10 @@ from typing import Any, NamedTuple
 import grain
 import numpy as np
 
-from jaxbiqa.config import DataSection
+from jaxbiqa.config import DataSection, UserError
 from jaxbiqa.data.access import Concat, RecordList
-from jaxbiqa.data.images import decode_image, read_image_bytes, read_image_size, resize_image, resized_size
+from jaxbiqa.data.images import (
+    check_pixels, decode_image, read_image_bytes, read_image_size, resize_image, resized_size)
 from jaxbiqa.data.records import FIELDS, FLOAT_FIELDS, BadRecordError, SkipReport, log
 
 Preprocess = Callable[[np.ndarray], Mapping[str, np.ndarray]]
@@ -80,7 +81,7 @@ def open_sources(specs: Sequence[str], split: str, data: DataSection, report: Sk
     for spec in specs:
         kind, sep, path = spec.partition(":")
         if not sep or not path:
-            raise ValueError(f"dataset spec {spec!r} must look like KIND:PATH (e.g. koniq:/data/koniq10k)")
+            raise UserError(f"dataset spec {spec!r} must look like KIND:PATH (e.g. koniq:/data/koniq10k)")
         if kind == "tfds":
             parts.append(TfdsRecords(path, split or None))
             found.update(TfdsRecords.splits(path))
@@ -101,7 +102,7 @@ def open_sources(specs: Sequence[str], split: str, data: DataSection, report: Sk
         parts.append(RecordList([r for r in records if not split or r["split"] == split]))
     source = Concat(parts)
     if not len(source):
-        raise ValueError(f"no records with split {split!r} in {list(specs)}; their splits: {dict(found)} "
+        raise UserError(f"no records with split {split!r} in {list(specs)}; their splits: {dict(found)} "
                          "(a split file assigns splits to datasets without official ones)")
     return source
 
@@ -132,17 +133,19 @@ def record_where(record: Mapping[str, Any]) -> str:
     return f"record {record.get('dataset', '?')}/{record.get('id', '?')}"
 
 
-def _header_size(image: str | bytes, where: str) -> tuple[int, int]:
+def _header_size(image: str | bytes, where: str, max_pixels: int) -> tuple[int, int]:
     if not isinstance(image, str):
-        return read_image_size(image, where)
+        return read_image_size(image, where, max_pixels)
     try:
         stat = os.stat(image)
     except OSError:  # read_image_size names what is wrong with the file
-        return read_image_size(image, where)
+        return read_image_size(image, where, max_pixels)
     key = (image, stat.st_mtime_ns, stat.st_size)
     if key not in _HEADER_SIZES:
-        _HEADER_SIZES[key] = read_image_size(image, where)
-    return _HEADER_SIZES[key]
+        _HEADER_SIZES[key] = read_image_size(image, where, max_pixels)
+    height, width = _HEADER_SIZES[key]
+    check_pixels((width, height), max_pixels, where)  # a size cached under another limit
+    return height, width
 
 
 def image_sizes(source: Any, data: DataSection, report: SkipReport) -> np.ndarray:
@@ -155,7 +158,8 @@ def image_sizes(source: Any, data: DataSection, report: SkipReport) -> np.ndarra
         try:
             if data.require_mos and not math.isfinite(record["mos_norm"]):
                 raise BadRecordError(where, "missing MOS: the record has no target score (require_mos is on)")
-            return resized_size(_header_size(record["image"], where), data.min_pixels, data.max_pixels, where)
+            return resized_size(_header_size(record["image"], where, data.max_image_pixels), data.min_pixels,
+                                data.max_pixels, where)
         except BadRecordError as err:
             if data.on_bad_record == "raise":
                 raise
@@ -319,7 +323,7 @@ def per_shard(global_batch: int, shards: int, name: str = "data.global_batch_siz
     """Rows each of `shards` processes (data shards) reads of a global batch; an error naming both
     numbers when they do not divide."""
     if global_batch % shards:
-        raise ValueError(f"{name}={global_batch} does not divide over {shards} processes (data shards): "
+        raise UserError(f"{name}={global_batch} does not divide over {shards} processes (data shards): "
                          f"make it a multiple of {shards}")
     return global_batch // shards
 
@@ -335,6 +339,7 @@ class PrepareExample:
         self.source = source
         self.plan = plan
         self.min_pixels, self.max_pixels = data.min_pixels, data.max_pixels
+        self.max_image_pixels = data.max_image_pixels
         self.preprocess = preprocess
         self.on_bad = data.on_bad_record
 
@@ -342,7 +347,7 @@ class PrepareExample:
         record = self.source[index]
         where = record_where(record)
         try:
-            pixels = decode_image(read_image_bytes(record["image"], where), where)
+            pixels = decode_image(read_image_bytes(record["image"], where), where, self.max_image_pixels)
             size = tuple(int(v) for v in self.plan.sizes[index])
             if resized_size(pixels.shape[:2], self.min_pixels, self.max_pixels, where) != size:
                 raise BadRecordError(where, f"size mismatch: its header resizes to {size[1]}x{size[0]}, the decoded "
@@ -455,6 +460,16 @@ class _BatchRowsIterator(grain.DatasetIterator):
                 self._report.add(where, reason)
         return collate([{k: v for k, v in row.items() if not k.startswith("_")} for row in rows])
 
+    @property
+    def epoch(self) -> int:
+        """The epoch of the batches returned last (0-based)."""
+        return self._epoch
+
+    @property
+    def skipped_records(self) -> int:
+        """Bad records skipped so far in this epoch (`on_bad_record="skip"`), this process's share."""
+        return len(self._report)
+
     def get_state(self) -> dict[str, Any]:
         return {"parent": self._parent.get_state(), "epoch": self._epoch,
                 "skipped": [list(entry) for entry in self._report.entries], "finished": self._finished}
@@ -496,7 +511,7 @@ def shard_options(data: DataSection) -> grain.sharding.ShardOptions:
     if data.shard_count > 0 and data.shard_index >= 0:
         return grain.sharding.ShardOptions(data.shard_index, data.shard_count, drop_remainder=data.drop_remainder)
     if data.shard_count > 0 or data.shard_index >= 0:
-        raise ValueError(f"set both shard_index and shard_count, or neither "
+        raise UserError(f"set both shard_index and shard_count, or neither "
                          f"(got {data.shard_index}, {data.shard_count})")
     return grain.sharding.ShardByJaxProcess(drop_remainder=data.drop_remainder)
 
@@ -521,7 +536,7 @@ def build_dataset(source: Any, data: DataSection, *, preprocess: Preprocess | No
     log.info("%s: %s", label, plan.describe())
     rows_of_shard = ProcessRows(plan, rows, shard.shard_index, shard.shard_count, data.num_epochs)
     if not len(rows_of_shard):
-        raise ValueError(f"shard {shard.shard_index}/{shard.shard_count} of {len(source)} records is empty "
+        raise UserError(f"shard {shard.shard_index}/{shard.shard_count} of {len(source)} records is empty "
                          f"({plan.describe()}; each shard reads {rows} of a global batch)")
     # prepared lazily: only the records of this shard's rows are decoded
     ds = grain.MapDataset.source(rows_of_shard).map(PrepareExample(source, plan, data, preprocess))

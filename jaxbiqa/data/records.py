@@ -35,6 +35,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+from jaxbiqa.config import UserError
+
 log = logging.getLogger("jaxbiqa.data")
 
 OnBad = Literal["raise", "skip"]
@@ -45,6 +47,8 @@ OPTIONAL_STRING_FIELDS: tuple[str, ...] = (*TEXT_FIELDS, "distortion", "severity
 STRING_FIELDS: tuple[str, ...] = ("id", "dataset", "split", *OPTIONAL_STRING_FIELDS)
 FLOAT_FIELDS: tuple[str, ...] = ("mos", "mos_norm", *NUMBER_FIELDS)
 FIELDS: tuple[str, ...] = ("image", *STRING_FIELDS, *FLOAT_FIELDS)
+
+NORM_RANGE: tuple[float, float] = (1.0, 5.0)  # `mos_norm`, the normalised target: 5 = best
 
 SEVERITIES: tuple[str, ...] = ("slight", "moderate", "obvious", "serious", "catastrophic")
 
@@ -85,13 +89,13 @@ def scale_from_data(values: Iterable[float], lower_is_better: bool = False,
                     note: str = "min/max of the data") -> MosScale:
     finite = [v for v in values if math.isfinite(v)]
     if len(finite) < 2 or min(finite) == max(finite):
-        raise ValueError(f"cannot compute a MOS scale from {len(finite)} finite value(s) with no spread")
+        raise UserError(f"cannot compute a MOS scale from {len(finite)} finite value(s) with no spread")
     return MosScale(min(finite), max(finite), lower_is_better, note)
 
 
 # ---------------------------------------------------------------- bad records
 
-class BadRecordError(ValueError):
+class BadRecordError(UserError):
     """One record that cannot be used; `where` names the file and row (or the record id)."""
 
     def __init__(self, where: str, reason: str):
@@ -174,12 +178,12 @@ def make_record(*, id: str, image: str | bytes, dataset: str, split: str, mos: f
                 scale: MosScale | None = None, mos_norm: float | None = None, **fields: Any) -> dict[str, Any]:
     """A complete record: every field of FIELDS, `mos_norm` from `scale` unless given.
 
-    Raises BadRecordError for a MOS outside `scale` (usually the wrong score column) and
-    ValueError for a field name that is not in the schema.
+    Raises BadRecordError for a MOS outside `scale` (usually the wrong score column) or a given
+    `mos_norm` outside 1-5, and UserError for a field name that is not in the schema.
     """
     unknown = set(fields) - set(FIELDS)
     if unknown:
-        raise ValueError(f"unknown record field(s) {sorted(unknown)}; the schema is {FIELDS}")
+        raise UserError(f"unknown record field(s) {sorted(unknown)}; the schema is {FIELDS}")
     if not id:
         raise BadRecordError("record", "empty id")
     if mos_norm is None:
@@ -189,6 +193,9 @@ def make_record(*, id: str, image: str | bytes, dataset: str, split: str, mos: f
                 raise BadRecordError(f"id {id!r}", f"out of range: MOS {mos} is outside [{scale.low}, {scale.high}] "
                                                    f"of {dataset} ({scale.note}); wrong score column or scale?")
             mos_norm = scale.normalise(mos)
+    elif math.isfinite(mos_norm) and not NORM_RANGE[0] - 1e-6 <= mos_norm <= NORM_RANGE[1] + 1e-6:
+        raise BadRecordError(f"id {id!r}", f"out of range: mos_norm {mos_norm} is outside {list(NORM_RANGE)} "
+                                           "(the normalised score; give `mos` with its scale instead)")
     record: dict[str, Any] = {"image": image, "id": str(id), "dataset": dataset, "split": split}
     for name in OPTIONAL_STRING_FIELDS:
         value = fields.get(name)

@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from jaxbiqa.config import UserError
 from jaxbiqa.data.records import SEVERITIES, make_record
 
 
@@ -253,16 +254,16 @@ class SynthSpec:
     def __post_init__(self) -> None:
         unknown = set(self.photos) - set(PHOTO_NAMES)
         if unknown:
-            raise ValueError(f"unknown photo(s) {sorted(unknown)}; available: {', '.join(PHOTO_NAMES)}")
+            raise UserError(f"unknown photo(s) {sorted(unknown)}; available: {', '.join(PHOTO_NAMES)}")
         unknown = set(self.distortions) - set(DISTORTION_NAMES)
         if unknown:
-            raise ValueError(f"unknown distortion(s) {sorted(unknown)}; available: {', '.join(DISTORTION_NAMES)}")
+            raise UserError(f"unknown distortion(s) {sorted(unknown)}; available: {', '.join(DISTORTION_NAMES)}")
         if not self.photos or self.crops_per_photo < 1 or self.crop_size < 28 or self.types_per_crop < 0 \
                 or self.seen_crops_per_photo < 0:
-            raise ValueError("need at least one photo and crop, crop_size >= 28, types_per_crop >= 0 and "
+            raise UserError("need at least one photo and crop, crop_size >= 28, types_per_crop >= 0 and "
                              f"seen_crops_per_photo >= 0: {self}")
         if not 0.0 <= self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+            raise UserError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
 
 
 @dataclasses.dataclass
@@ -349,10 +350,17 @@ def write_synthetic(out_dir: str | Path, spec: SynthSpec = SynthSpec(), progress
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     examples = generate(spec, progress=progress)
-    with open(out / "index.jsonl", "w", encoding="utf-8") as index:
-        for example in examples:
-            Image.fromarray(example.pixels).save(out / example.record["image"], "PNG")
-            index.write(json.dumps(_json_safe(example.record), ensure_ascii=False) + "\n")
+    image = None
+    try:
+        with open(out / "index.jsonl", "w", encoding="utf-8") as index:
+            for example in examples:
+                image = out / example.record["image"]
+                Image.fromarray(example.pixels).save(image, "PNG")
+                index.write(json.dumps(_json_safe(example.record), ensure_ascii=False) + "\n")
+    except OSError as err:  # a write error (disk full, a size limit) names no file: say which one it was
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror, str(image or out / "index.jsonl")) from err
     splits = {s: sum(e.record["split"] == s for e in examples) for s in ("train", "seen", "test")}
     info = {"spec": dataclasses.asdict(spec), "count": len(examples), "splits": splits,
             "test_photos": sorted(held_out_photos(spec)),

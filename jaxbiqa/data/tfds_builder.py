@@ -15,16 +15,23 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxbiqa.config import UserError
 from jaxbiqa.data.access import Concat, RecordList
 from jaxbiqa.data.images import decode_image, read_image_bytes
 from jaxbiqa.data.records import FLOAT_FIELDS, STRING_FIELDS, OnBad, RecordGuard, SkipReport
 
 VERSION = "1.0.0"
+
+
+class Built(NamedTuple):
+    path: Path                             # the dataset's version folder
+    report: SkipReport                     # records skipped for a missing or corrupt image
+    written: list[Mapping[str, Any]]       # the records written
 
 
 class JaxbiqaIqa(tfds.core.GeneratorBasedBuilder):
@@ -40,6 +47,7 @@ class JaxbiqaIqa(tfds.core.GeneratorBasedBuilder):
         self._records = records or {}
         self._guard = guard or RecordGuard()
         self._verify = verify_images
+        self.written: list[Mapping[str, Any]] = []  # the records written, in the order given
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -63,17 +71,18 @@ class JaxbiqaIqa(tfds.core.GeneratorBasedBuilder):
                 example = {"image": data, **{k: record[k] for k in STRING_FIELDS},
                            **{k: np.float32(record[k]) for k in FLOAT_FIELDS}}
             if example is not None:
+                self.written.append(record)
                 yield f"{record['dataset']}/{record['id']}", example
 
 
 def build_tfds(records: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, name: str, *,
-               on_bad: OnBad = "raise", verify_images: bool = True) -> tuple[Path, SkipReport]:
+               on_bad: OnBad = "raise", verify_images: bool = True) -> Built:
     """Writes `records` (grouped by their `split`) as dataset `name` under `out_dir`; returns the
-    dataset's version folder and the report of skipped records."""
+    dataset's version folder, the report of skipped records and the records written."""
     if not records:
-        raise ValueError("no records to build")
+        raise UserError("no records to build")
     if not name.replace("_", "").isalnum() or not name[0].isalpha() or name.lower() != name:
-        raise ValueError(f"dataset name {name!r} must be lower-case letters, digits and underscores")
+        raise UserError(f"dataset name {name!r} must be lower-case letters, digits and underscores")
     by_split: dict[str, list[Mapping[str, Any]]] = {}
     for record in records:
         by_split.setdefault(record["split"], []).append(record)
@@ -82,7 +91,7 @@ def build_tfds(records: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
                          config=tfds.core.BuilderConfig(name=name))
     builder.download_and_prepare(file_format="array_record",
                                  download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    return Path(builder.data_dir), guard.report
+    return Built(Path(builder.data_dir), guard.report, builder.written)
 
 
 def dataset_dirs(path: str | os.PathLike) -> list[Path]:

@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from rouge_score import rouge_scorer
 
+from jaxbiqa.config import UserError
 from jaxbiqa.data.human_text import HUMAN_FIELDS, human_text
 from jaxbiqa.parse import caption_text
 
@@ -46,18 +47,18 @@ def load_human_texts(path: str | Path, fields: Sequence[str] = HUMAN_FIELDS) -> 
     path = Path(path)
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: malformed JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not a JSON file: {err}") from None
     if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a JSON list of records")
+        raise UserError(f"{path}: expected a JSON list of records")
     texts: dict[str, str] = {}
     seen: set[str] = set()
     for i, record in enumerate(records):
         where = f"{path}: record {i}"
         if not isinstance(record, Mapping) or not isinstance(record.get("image"), str):
-            raise ValueError(f"{where}: expected an object with a string 'image'")
+            raise UserError(f"{where}: expected an object with a string 'image'")
         if record["image"] in seen:
-            raise ValueError(f"{where}: duplicate image {record['image']}")
+            raise UserError(f"{where}: duplicate image {record['image']}")
         seen.add(record["image"])
         text = human_text(record, fields, where=where)
         if text:

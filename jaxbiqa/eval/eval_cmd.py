@@ -24,15 +24,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-import sys
 import time
 
 from etils import epath
 
-from jaxbiqa.config import Config, ConfigError, EvalSection, eval_settings
+from jaxbiqa.config import Config, EvalSection, eval_settings
 from jaxbiqa.config_cmd import add_config_arguments
+from jaxbiqa.data.records import SkipReport
 from jaxbiqa.demo_assets import resolve_demo_model
-from jaxbiqa.eval.policy import CHECKPOINTS_DIR, CheckpointError, Policy, load_policy
+from jaxbiqa.eval.policy import CHECKPOINTS_DIR, Policy, load_policy
 from jaxbiqa.eval.predictions_cmd import format_table
 from jaxbiqa.paths import as_path
 
@@ -102,26 +102,23 @@ def default_out(policy: Policy, mode: str, decoding: str) -> epath.Path:
 def run(args: argparse.Namespace) -> int:
     from jaxbiqa.eval.evaluate import count_records, eval_pipeline, evaluate, evaluate_qalign
 
-    try:
-        policy = load_policy(args.checkpoint, args.config, args.overrides, step=args.step,
-                             prepare=resolve_demo_model)
-        config = policy.config
-        settings = settings_from_args(args, config)
-        data = dataclasses.replace(config.data, global_batch_size=settings.batch_size)
-        out = args.out or default_out(policy, args.mode, settings.decoding)
-        total = count_records(data)
-        start = time.perf_counter()
-        extra = {"checkpoint": policy.source, "eval": list(data.eval), "eval_split": data.eval_split}
-        if args.mode == "generate":
-            result = evaluate(policy.model, policy.processor, eval_pipeline(data, policy.processor), out,
-                              rollout=config.rollout, settings=settings, total=total, extra=extra)
-        else:
-            result = evaluate_qalign(policy.model, policy.processor, eval_pipeline(data), out, settings=settings,
-                                     total=total, extra=extra)
-    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"jaxbiqa eval: error: {err}", file=sys.stderr)
-        return 1
+    policy = load_policy(args.checkpoint, args.config, args.overrides, step=args.step, prepare=resolve_demo_model)
+    config = policy.config
+    settings = settings_from_args(args, config)
+    data = dataclasses.replace(config.data, global_batch_size=settings.batch_size)
+    out = args.out or default_out(policy, args.mode, settings.decoding)
+    total = count_records(data)
+    start = time.perf_counter()
+    extra = {"checkpoint": policy.source, "eval": list(data.eval), "eval_split": data.eval_split}
+    skipped = SkipReport()
+    if args.mode == "generate":
+        result = evaluate(policy.model, policy.processor, eval_pipeline(data, policy.processor, skipped=skipped), out,
+                          rollout=config.rollout, settings=settings, total=total, extra=extra, skipped=skipped)
+    else:
+        result = evaluate_qalign(policy.model, policy.processor, eval_pipeline(data, skipped=skipped), out,
+                                 settings=settings, total=total, extra=extra, skipped=skipped)
     print(format_table(args.mode, str(result.predictions), result.metrics["datasets"], logistic=True))
-    print(f"{result.n} images in {time.perf_counter() - start:.1f} s; predictions: {result.predictions}; "
-          f"metrics: {result.metrics_file}")
+    print(f"{result.n} images in {time.perf_counter() - start:.1f} s"
+          + (f" ({len(skipped)} bad records skipped)" if len(skipped) else "")
+          + f"; predictions: {result.predictions}; metrics: {result.metrics_file}")
     return 0

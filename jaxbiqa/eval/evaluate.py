@@ -31,6 +31,9 @@ PLCC / SRCC / KRCC / RMSE raw and PLCC / RMSE after the logistic fit (`metrics.i
 image-to-caption gaps, and ROUGE-1 P/R/F of the pass-1 captions against the records' human texts
 (description, good and bad aspect) where the records have them; those texts are also written as
 `human.json`, so `eval-predictions predictions.jsonl --human human.json` reproduces the ROUGE.
+With `data.on_bad_record="skip"`, the records the pipeline skipped are counted in metrics.json
+(`skipped_records`, the first few named in `skipped_examples`) when `evaluate` gets the SkipReport
+that `eval_pipeline` fills.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from etils import epath
 
 from jaxbiqa.config import EvalSection, RolloutSection
 from jaxbiqa.data.human_text import HUMAN_FIELDS, human_text
+from jaxbiqa.data.records import SkipReport
 from jaxbiqa.eval.alignment import rouge1_alignment
 from jaxbiqa.eval.metrics import gap, iqa_metrics, is_lower_is_better
 from jaxbiqa.eval.predictions import SCORE_COLUMNS, json_safe
@@ -64,6 +68,7 @@ NO_TARGET_FILE = "predictions_no_target.jsonl"
 HUMAN_FILE = "human.json"
 METRICS_FILE = "metrics.json"
 PARTIAL = ".partial"  # the suffix of rows written by an evaluation that has not completed
+SKIPPED_EXAMPLES = 10  # skipped records named in metrics.json
 
 
 class BatchOutput(NamedTuple):
@@ -333,14 +338,24 @@ def _check_batch_size(settings: EvalSection) -> None:
                          "makes 0 the data section's global_batch_size)")
 
 
+def skip_counts(skipped: SkipReport | None) -> dict[str, Any]:
+    """metrics.json's record of the records the pipeline skipped (nothing without a report)."""
+    if skipped is None:
+        return {}
+    return {"skipped_records": len(skipped), "skipped_examples": [f"{where}: {why}" for where, why in
+                                                                  skipped.entries[:SKIPPED_EXAMPLES]]}
+
+
 def evaluate(model, processor, batches: Iterable[Mapping[str, np.ndarray]], out_dir: PathLike, *,
              rollout: RolloutSection, settings: EvalSection, total: int | None = None,
-             extra: Mapping[str, Any] | None = None, should_stop: Callable[[], bool] | None = None) -> EvalResult:
+             extra: Mapping[str, Any] | None = None, should_stop: Callable[[], bool] | None = None,
+             skipped: SkipReport | None = None) -> EvalResult:
     """Generate with `model` on `batches` (e.g. `eval_pipeline`) and write predictions, human texts
     and metrics into `out_dir` (see the module doc). `settings` is a config's `eval` section with its
     batch size resolved (`jaxbiqa.config.eval_settings`); `total` (records) sizes the progress bar;
-    `extra` is stored in metrics.json (e.g. the checkpoint evaluated). `should_stop` is asked after
-    each batch: when it says so, the rows so far are kept as `.partial` and InterruptedError is raised."""
+    `extra` is stored in metrics.json (e.g. the checkpoint evaluated), and so are the counts of
+    `skipped` (the report `eval_pipeline` fills). `should_stop` is asked after each batch: when it
+    says so, the rows so far are kept as `.partial` and InterruptedError is raised."""
     _check_batch_size(settings)
     evaluator = Evaluator(processor, rollout, model.config.text.vocab_size, settings)
     base_key = jax.random.key(settings.seed)
@@ -361,12 +376,12 @@ def evaluate(model, processor, batches: Iterable[Mapping[str, np.ndarray]], out_
                 "max_new_tokens": {"pass1": evaluator.pass1.max_new_tokens,
                                    "pass2": evaluator.pass2.max_new_tokens},
                 "two_pass": evaluator.two_pass}
-        return writer.finish({**info, **dict(extra or {})})
+        return writer.finish({**info, **dict(extra or {}), **skip_counts(skipped)})
 
 
 def evaluate_qalign(model, processor, batches: Iterable[Mapping[str, np.ndarray]], out_dir: PathLike, *,
                     settings: EvalSection, prompt=None, total: int | None = None,
-                    extra: Mapping[str, Any] | None = None) -> EvalResult:
+                    extra: Mapping[str, Any] | None = None, skipped: SkipReport | None = None) -> EvalResult:
     """Probability scoring (`jaxbiqa.eval.qalign`, no generation) of the decoded images of `batches`
     (`eval_pipeline(..., preprocess=False)`): the `overall_score` column only."""
     from jaxbiqa.eval.qalign import QAlignPrompt, qalign_scores
@@ -380,15 +395,20 @@ def evaluate_qalign(model, processor, batches: Iterable[Mapping[str, np.ndarray]
             for i in range(rows):
                 writer.add({**base_record(batch, i), "overall_score": _finite(scores[i])})
         info = {"mode": "qalign", "prompt": dataclasses.asdict(prompt)}
-        return writer.finish({**info, **dict(extra or {})})
+        return writer.finish({**info, **dict(extra or {}), **skip_counts(skipped)})
 
 
-def eval_pipeline(data, processor=None, split: str = "eval"):
+def eval_pipeline(data, processor=None, split: str = "eval", skipped: SkipReport | None = None):
     """The data section's evaluation batches (`data.eval` / `data.eval_split`, in order, once): with
-    the pass-1 prompt and image inputs of `processor`, or the decoded images alone without one."""
+    the pass-1 prompt and image inputs of `processor`, or the decoded images alone without one. The
+    records skipped (`data.on_bad_record="skip"`) are added to `skipped` once the batches end."""
     from jaxbiqa.data.pipeline import Pass1Preprocess, make_pipeline
 
-    return make_pipeline(data, split, preprocess=Pass1Preprocess(processor) if processor is not None else None)
+    def ended(epoch: int, report: SkipReport) -> None:
+        skipped.entries.extend(report.entries)
+
+    return make_pipeline(data, split, preprocess=Pass1Preprocess(processor) if processor is not None else None,
+                         on_epoch_end=ended if skipped is not None else None)
 
 
 def count_records(data, split: str = "eval") -> int:

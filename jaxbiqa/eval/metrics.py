@@ -15,7 +15,8 @@ correlations and the logistic fit, so a good model comes out with positive coeff
 
 Invalid predictions (NaN, or the authors' sentinel -1 stored for unparsable outputs) are either
 dropped (`on_invalid="drop"`) or replaced by `fill_value` (`on_invalid="fill"`; the authors keep
--1, i.e. fill with -1); either way they are counted in `n_invalid`.
+-1, i.e. fill with -1); either way they are counted in `n_invalid`. Valid predictions outside the
+rating range 1-5 are kept as given, counted in `n_out_of_range` and noted.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from jaxbiqa.config import INVALID_SENTINEL, OnInvalid
+from jaxbiqa.parse import DEFAULT_RANGE
 
 NAN = float("nan")
 
@@ -50,6 +52,7 @@ class IQAMetrics:
     lower_is_better: bool = False
     on_invalid: OnInvalid = "drop"
     notes: tuple[str, ...] = field(default=())
+    n_out_of_range: int = 0  # valid predictions outside the rating range DEFAULT_RANGE (kept as given)
 
     def as_dict(self) -> dict:
         """Plain JSON-ready dict; NaN becomes None."""
@@ -132,6 +135,7 @@ def iqa_metrics(
     if not np.all(np.isfinite(target)):
         raise ValueError(f"target has {int(np.sum(~np.isfinite(target)))} non-finite values")
     bad = invalid_mask(pred, sentinel)
+    outside = int(np.sum(~bad & ((pred < DEFAULT_RANGE[0]) | (pred > DEFAULT_RANGE[1]))))
     if on_invalid == "drop":
         pred, target = pred[~bad], target[~bad]
     elif on_invalid == "fill":
@@ -142,21 +146,24 @@ def iqa_metrics(
     n = int(pred.size)
     oriented = -target if lower_is_better else target
     rmse = float(np.sqrt(np.mean((pred - target) ** 2))) if n else NAN
-    common = dict(n=n, n_invalid=int(bad.sum()), lower_is_better=lower_is_better, on_invalid=on_invalid)
+    common = dict(n=n, n_invalid=int(bad.sum()), lower_is_better=lower_is_better, on_invalid=on_invalid,
+                  n_out_of_range=outside)
+    noted = (f"{outside} prediction(s) outside the rating range {list(DEFAULT_RANGE)}, kept as given",) if outside \
+        else ()
     if n < 3 or np.ptp(pred) == 0 or np.ptp(oriented) == 0:
         reason = f"only {n} valid pairs" if n < 3 else "constant predictions or target"
         notes = (f"correlations undefined: {reason}",)
-        return IQAMetrics(srcc=NAN, plcc=NAN, krcc=NAN, rmse=rmse, notes=notes, **common)
+        return IQAMetrics(srcc=NAN, plcc=NAN, krcc=NAN, rmse=rmse, notes=noted + notes, **common)
 
     srcc = _corr(stats.spearmanr, pred, oriented)
     plcc = _corr(stats.pearsonr, pred, oriented)
     krcc = _corr(stats.kendalltau, pred, oriented)
     if not logistic_fit:
-        return IQAMetrics(srcc=srcc, plcc=plcc, krcc=krcc, rmse=rmse, **common)
+        return IQAMetrics(srcc=srcc, plcc=plcc, krcc=krcc, rmse=rmse, notes=noted, **common)
 
     fit = fit_logistic(pred, oriented)
     if fit.params is None:
-        return IQAMetrics(srcc=srcc, plcc=plcc, krcc=krcc, rmse=rmse, notes=(fit.error,), **common)
+        return IQAMetrics(srcc=srcc, plcc=plcc, krcc=krcc, rmse=rmse, notes=noted + (fit.error,), **common)
     mapped = fit(pred)
     rmse_logistic = float(np.sqrt(np.mean((mapped - oriented) ** 2)))
     if np.ptp(mapped) == 0:
@@ -166,7 +173,7 @@ def iqa_metrics(
         notes, plcc_logistic = (), _corr(stats.pearsonr, mapped, oriented)
     return IQAMetrics(
         srcc=srcc, plcc=plcc, krcc=krcc, rmse=rmse, plcc_logistic=plcc_logistic,
-        rmse_logistic=rmse_logistic, logistic_params=fit.params, notes=notes, **common,
+        rmse_logistic=rmse_logistic, logistic_params=fit.params, notes=noted + notes, **common,
     )
 
 

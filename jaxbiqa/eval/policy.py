@@ -18,8 +18,9 @@ from etils import epath
 from flax import nnx
 
 from jaxbiqa.checkpoint import Checkpointer
-from jaxbiqa.config import Config, apply_override, from_dict, load_config
-from jaxbiqa.models.build import abstract_policy, build_policy, build_processor, has_weights
+from jaxbiqa.config import Config, UserError, apply_override, from_dict, load_config
+from jaxbiqa.models.build import abstract_policy, build_policy, build_processor, has_weights, weights_source
+from jaxbiqa.models.qwen2_5_vl.weights import missing_weights
 from jaxbiqa.paths import PathLike, as_path
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -33,7 +34,7 @@ class Policy(NamedTuple):
     source: dict        # what was loaded: kind, path, step
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A --checkpoint path that cannot be loaded; the message says what was expected."""
 
 
@@ -67,6 +68,8 @@ def find_checkpoint(path: PathLike) -> tuple[str, epath.Path, int | None]:
         return "orbax", path, None
     if _is_step_dir(path) and _has_steps(path.parent):
         return "orbax", path.parent, int(path.name)
+    if (path / "config.json").is_file():  # a Hugging Face folder without (safetensors) weights
+        raise missing_weights(path)
     raise CheckpointError(
         f"--checkpoint {path}: not a Hugging Face checkpoint (config.json + model.safetensors), a jaxbiqa run "
         f"directory (with {CHECKPOINTS_DIR}/), an orbax checkpoint directory (numbered step folders) or one step's "
@@ -145,13 +148,13 @@ def load_policy(checkpoint: str | None, config_name: str | None, overrides: Sequ
         config = prepare(config) if prepare else config
         model = build_policy(config.model, seed=config.seed)
         return Policy(model, build_processor(config.model, config.data), config,
-                      {"kind": "config", "path": config.model.path})
+                      weights_source(config.model, config.seed))
     kind, path, found_step = find_checkpoint(checkpoint)
     if kind == "hf":
         if step is not None:
             raise CheckpointError(f"--step applies to orbax checkpoints; {path} is a Hugging Face folder")
         config = load_config(config_name)
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, path=str(path)))
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, path=str(path), init="pretrained"))
         config = _with_overrides(config, overrides)
         model = build_policy(config.model, seed=config.seed)
         return Policy(model, build_processor(config.model, config.data), config, {"kind": "hf", "path": str(path)})

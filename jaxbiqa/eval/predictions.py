@@ -62,13 +62,15 @@ from typing import Any
 
 import numpy as np
 
+from jaxbiqa.config import UserError
+
 SCORE_COLUMNS = ("overall_score", "reasoning_score", "caption_score")
 COLUMN_LABELS = {"overall_score": "image", "reasoning_score": "caption+think", "caption_score": "caption only"}
 CAPTION_SUFFIX = "_caption"
 _SHARD = re.compile(r"^p(\d+)\.json$")
 
 
-class PredictionFormatError(ValueError):
+class PredictionFormatError(UserError):
     """A prediction file that cannot be read as documented in this module."""
 
 
@@ -138,12 +140,21 @@ def _read_json_shard(path: Path) -> list[_Row]:
         records = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise PredictionFormatError(f"{path}: malformed JSON: {err}") from err
+    except UnicodeDecodeError as err:
+        raise PredictionFormatError(f"{path}: not UTF-8 text ({err})") from None
     if not isinstance(records, list):
         raise PredictionFormatError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     return [_row(record, f"{path}: record {i}") for i, record in enumerate(records)]
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, _Row]]:
+    try:
+        yield from _jsonl_rows(path)
+    except UnicodeDecodeError as err:
+        raise PredictionFormatError(f"{path}: not UTF-8 text ({err})") from None
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, _Row]]:
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
@@ -187,6 +198,8 @@ def _collect(path: Path) -> dict[str, list[tuple[str, _Row]]]:
             add(path.parent.name, str(path), _read_json_shard(path))
         else:
             raise PredictionFormatError(f"{path}: expected a .json shard or a .jsonl file")
+        if not groups:
+            raise PredictionFormatError(f"{path}: no prediction records in it (an empty file?)")
     elif path.is_dir():
         if _shards(path):
             add_folder(path)

@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 from jaxbiqa.eval.alignment import load_human_texts, rouge1_alignment
 from jaxbiqa.eval.metrics import INVALID_SENTINEL, gap, iqa_metrics, is_lower_is_better
-from jaxbiqa.eval.predictions import COLUMN_LABELS, PredictionFormatError, json_safe, load_predictions
+from jaxbiqa.eval.predictions import COLUMN_LABELS, json_safe, load_predictions
 from jaxbiqa.paths import atomic_write
 
 
@@ -123,16 +122,12 @@ def format_table(label: str, path: str, datasets: dict, logistic: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        human = load_human_texts(args.human) if args.human else None
-        results = []
-        for label, path in zip(_labels(args.paths), args.paths):
-            datasets = evaluate_path(path, args, human)
-            results.append({"label": label, "path": path, "datasets": datasets})
-            print(format_table(label, path, datasets, args.logistic))
-    except (PredictionFormatError, ValueError, OSError) as err:
-        print(f"jaxbiqa eval-predictions: error: {err}", file=sys.stderr)
-        return 1
+    human = load_human_texts(args.human) if args.human else None
+    results = []
+    for label, path in zip(_labels(args.paths), args.paths):
+        datasets = evaluate_path(path, args, human)
+        results.append({"label": label, "path": path, "datasets": datasets})
+        print(format_table(label, path, datasets, args.logistic))
     if args.json_out:
         settings = {
             "on_invalid": args.on_invalid, "fill_value": args.fill_value, "logistic": args.logistic,

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxbiqa.config import UserError
 from jaxbiqa.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration, VisionPlan, prepare_inputs
 from jaxbiqa.models.qwen2_5_vl.model import logits_from_hidden
 from jaxbiqa.processing import ImageLike, Processor, load_image
@@ -82,7 +83,7 @@ def level_token_ids(tokenizer, prompt: QAlignPrompt = QAlignPrompt()) -> np.ndar
         whole = tokenizer.encode(prompt.answer_prefix + " " + word, add_special_tokens=False)
         if len(whole) != len(prefix) + 1 or whole[: len(prefix)] != prefix:
             pieces = tokenizer.convert_ids_to_tokens(whole[len(prefix) - 1:] if prefix else whole)
-            raise ValueError(f"quality level {word!r} is not a single token after the answer prefix "
+            raise UserError(f"quality level {word!r} is not a single token after the answer prefix "
                              f"{prompt.answer_prefix!r}: the tokenizer gives {pieces}; choose level words "
                              f"that are one token each (with their leading space)")
         ids.append(whole[-1])

@@ -23,7 +23,7 @@ import html as html_lib
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,8 +273,11 @@ def render_html(blocks: Sequence, title: str, base: Path) -> str:
 def build_report(predictions: str | Path, out_dir: str | Path, *, training_log: str | Path | None = None,
                  human: str | Path | None = None, lower_is_better: Sequence[str] = (), samples: int = 3,
                  on_invalid: OnInvalid = "drop", fill_value: float = INVALID_SENTINEL, html: bool = False,
-                 title: str = "jaxbiqa evaluation report") -> Report:
-    """Write report.md, metrics.json, plots/ (and report.html) for `predictions` into `out_dir`."""
+                 title: str = "jaxbiqa evaluation report",
+                 skipped_records: Mapping[str, int] | None = None) -> Report:
+    """Write report.md, metrics.json, plots/ (and report.html) for `predictions` into `out_dir`.
+    `skipped_records` (evaluation -> bad records its pipeline skipped, from its metrics.json) is
+    stated below the title and kept in metrics.json."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     datasets = load_predictions(predictions)
@@ -285,6 +288,10 @@ def build_report(predictions: str | Path, out_dir: str | Path, *, training_log: 
                           + ". PLCC / RMSE (logistic): after the VQEG 4-parameter logistic fit. Ratings 1-5; "
                           "raw RMSE is against the target as given.")]
     metrics: dict = {"datasets": {}}
+    if skipped_records is not None:
+        metrics["skipped_records"] = dict(skipped_records)
+        blocks.append(_Para("Bad records skipped by the evaluation: " + ", ".join(
+            f"{name}: {count}" for name, count in skipped_records.items()) + "."))
     written: list[Path] = []
     taken: set[str] = {"training"}
     for name, data in datasets.items():

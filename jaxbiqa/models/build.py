@@ -3,9 +3,12 @@
 `model.path` is one of
 * a Hugging Face Qwen2.5-VL folder (`config.json` + safetensors): the weights are loaded
   (`weights.from_pretrained`, sharded by the mesh when one is given);
-* a folder with a `config.json` and no weights, or a `config.json` file: the model is initialised
-  randomly from it (the demo's from-scratch start; a recipe's `demo:FOLDER` is built and resolved
-  to such a folder by the commands, `jaxbiqa.demo_assets.resolve_demo_model`).
+  a folder without them is an error naming what it holds (PyTorch `.bin` files: how to convert them);
+* with `model.init="random"`, a folder with a `config.json`, or a `config.json` file: the model is
+  initialised randomly from it, an explicit choice (the demo's from-scratch start; a recipe's
+  `demo:FOLDER` is built, resolved to such a folder and marked random by the commands,
+  `jaxbiqa.demo_assets.resolve_demo_model`).
+`weights_source` says which of the two a section gives, for the metadata of what was evaluated.
 The tokenizer comes from `model.tokenizer`, else from the model folder; the image processor from
 the model folder's `preprocessor_config.json` (Qwen's defaults without one) with the data
 section's `min_pixels` / `max_pixels`. `model.lora_rank > 0` adds LoRA adapters. Folders may be
@@ -17,9 +20,10 @@ from __future__ import annotations
 from etils import epath
 from flax import nnx
 
-from jaxbiqa.config import DataSection
+from jaxbiqa.config import ConfigError, DataSection
 from jaxbiqa.models.qwen2_5_vl import LoraConfig, ModelConfig, Qwen2_5_VLForConditionalGeneration
-from jaxbiqa.models.qwen2_5_vl.weights import INDEX_FILE, SINGLE_FILE, abstract_model, load_model, read_config
+from jaxbiqa.models.qwen2_5_vl.weights import (
+    INDEX_FILE, SINGLE_FILE, abstract_model, load_model, missing_weights, read_config)
 from jaxbiqa.paths import as_path
 from jaxbiqa.processing import Processor, load_image_processor, load_tokenizer
 from jaxbiqa.prompts import prompt_set
@@ -29,13 +33,13 @@ from jaxbiqa.sharding import DEFAULT_RULES, LogicalRules
 def resolve_model_path(path: str) -> epath.Path:
     """The model folder or config file of `model.path`."""
     if not path:
-        raise ValueError("model.path is empty: set it to a Qwen2.5-VL folder or a config.json")
+        raise ConfigError("model.path is empty: set it to a Qwen2.5-VL folder or a config.json")
     if path.startswith("demo:"):
-        raise ValueError(f"model.path {path!r} names the demo model, which the commands build: pass the config "
+        raise ConfigError(f"model.path {path!r} names the demo model, which the commands build: pass the config "
                          "through jaxbiqa.demo_assets.resolve_demo_model first")
     resolved = as_path(path)
     if not resolved.exists():
-        raise FileNotFoundError(f"model.path {path!r} does not exist (a Qwen2.5-VL folder or a config.json)")
+        raise ConfigError(f"model.path {path!r} does not exist (a Qwen2.5-VL folder or a config.json)")
     return resolved
 
 
@@ -54,16 +58,26 @@ def model_config(section, path: epath.Path) -> ModelConfig:
 
 
 def build_policy(section, *, seed: int = 0, mesh=None, rules: LogicalRules = DEFAULT_RULES) -> nnx.Module:
-    """The policy of a `ModelSection`: loaded weights when `model.path` has them, else random init.
+    """The policy of a `ModelSection`: `model.path`'s weights, or a random init with `model.init="random"`.
 
     A randomly initialised model lives on the default device; `UpdateStep.init` places it on the
     mesh. LoRA adapters start at B = 0 (the loaded model, unchanged).
     """
     path = resolve_model_path(section.path)
     config = model_config(section, path)
-    if has_weights(path):
-        return load_model(config, path, mesh, rules, seed)
-    return Qwen2_5_VLForConditionalGeneration(config, rngs=nnx.Rngs(seed))
+    if section.init == "random":
+        return Qwen2_5_VLForConditionalGeneration(config, rngs=nnx.Rngs(seed))
+    if not has_weights(path):
+        raise missing_weights(path if path.is_dir() else path.parent,
+                              "model.init=random initialises the architecture of its config.json randomly")
+    return load_model(config, path, mesh, rules, seed)
+
+
+def weights_source(section, seed: int) -> dict:
+    """What `build_policy(section, seed=seed)` starts from: {"kind": "hf", "path"} or {"kind": "random", ...}."""
+    if section.init == "random":
+        return {"kind": "random", "path": section.path, "seed": seed}
+    return {"kind": "hf", "path": section.path}
 
 
 def abstract_policy(section, *, seed: int = 0) -> nnx.Module:
@@ -78,7 +92,7 @@ def build_processor(section, data: DataSection = DataSection()) -> Processor:
     try:
         prompts = prompt_set(data.prompts)
     except KeyError as err:
-        raise ValueError(f"data.prompts: {err.args[0]}") from None
+        raise ConfigError(f"data.prompts: {err.args[0]}") from None
     path = resolve_model_path(section.path)
     folder = path if path.is_dir() else path.parent
     tokenizer = load_tokenizer(section.tokenizer or folder)

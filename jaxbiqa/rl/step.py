@@ -141,8 +141,9 @@ class UpdateStep:
 
     `trainable` picks the parameters that get gradients (default every `nnx.Param`); `mesh` places
     the state by `rules` and pins the step's output shardings. `total_steps` sizes the schedule.
-    Metrics (device scalars): loss, grad_norm (before clipping), learning_rate, skipped (this step),
-    skipped_total, denominator (of the loss), and the loss function's metrics as means.
+    Metrics (device scalars): loss, grad_norm (before clipping), learning_rate, skipped_update (1 when
+    this step's update was skipped), skipped_updates (the total so far), denominator (of the loss), and
+    the loss function's metrics as means.
     """
 
     def __init__(self, model: nnx.Module, loss_fn: LossFn, optim: OptimSection, total_steps: int, *,
@@ -249,7 +250,7 @@ class UpdateStep:
         applied = step - skipped
         skipped = skipped + (~ok).astype(jnp.int32)
         metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": self.schedule(applied),
-                   "skipped": (~ok).astype(jnp.int32), "skipped_total": skipped, "denominator": denominator,
+                   "skipped_update": (~ok).astype(jnp.int32), "skipped_updates": skipped, "denominator": denominator,
                    **{name: finish(pair) for name, pair in metric_sums.items()}}
         return (new_params, new_opt_state, step + 1, skipped), metrics
 

@@ -10,9 +10,10 @@ per step over all processes: the same config takes the same steps on 1 process o
 
 Writes under `output_dir`: `config.json` (the resolved config), `checkpoints/`, `train_log.jsonl`,
 `tensorboard/`, `samples.log`, `policy/` (a Hugging Face checkpoint of the trained policy),
-`eval/<stage>/predictions.jsonl` and `summary.json`. Exit status: 0 when done, 2 for a config
-error, 75 when stopped by SIGTERM or Ctrl-C after saving a checkpoint (run again with `--resume`;
-Ctrl-C twice stops at once, unsaved). `output_dir` may be a bucket (`gs://...`).
+`eval/<stage>/predictions.jsonl` and `summary.json`. Exit status: 0 when done, 2 for a user error
+(a bad config, bad data, an unwritable path, a run of skipped updates: one line, `jaxbiqa.cli`), 75
+when stopped by SIGTERM or Ctrl-C after saving a checkpoint (run again with `--resume`; Ctrl-C twice
+stops at once, unsaved). `output_dir` may be a bucket (`gs://...`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 import logging
 import sys
 
-from jaxbiqa.config import ConfigError, load_config
+from jaxbiqa.config import load_config
 from jaxbiqa.config_cmd import add_config_arguments
 from jaxbiqa.demo_assets import resolve_demo_model
 
@@ -45,11 +46,7 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax reports every file it writes at INFO
     logging.getLogger("jax").setLevel(logging.WARNING)  # e.g. "Unable to initialize backend 'tpu'" on CPU
-    try:
-        config = resolve_demo_model(load_config(args.config, args.overrides))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config = resolve_demo_model(load_config(args.config, args.overrides))
     from jaxbiqa.rl.trainer import Trainer
 
     train = config.train
@@ -57,16 +54,8 @@ def run(args: argparse.Namespace) -> int:
         import dataclasses
 
         train = dataclasses.replace(train, progress=False)
-    try:
-        trainer = Trainer.from_runtime(config, train=train)  # the mesh of config.runtime, on every process
-    except (ConfigError, FileNotFoundError, ValueError) as err:  # settings that do not fit together, missing files
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        result = trainer.run(resume=args.resume or args.resume_step is not None, resume_step=args.resume_step)
-    except (FileExistsError, FileNotFoundError) as err:  # checkpoints there without --resume, no step N
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    trainer = Trainer.from_runtime(config, train=train)  # the mesh of config.runtime, on every process
+    result = trainer.run(resume=args.resume or args.resume_step is not None, resume_step=args.resume_step)
     if result.preempted:
         print(f"stopped by a signal at step {result.step}, checkpoint saved; continue with --resume",
               file=sys.stderr)

@@ -27,6 +27,12 @@ reported, set aside (`<step>.unreadable`) and the run resumes from the one befor
 chosen `resume_step` are set aside as `<step>.superseded`. The logs are cut back to the resumed
 step, so every step appears once. `output_dir` may be local or `gs://...` (`jaxbiqa.paths`).
 
+Skips, named apart in train_log.jsonl: an update with a non-finite loss or gradient is skipped
+(`skipped_update` 1 at that step, `skipped_updates` the total), and a run of them stops the run with
+an error (`train.max_consecutive_skipped_updates`); bad records skipped under
+`data.on_bad_record="skip"` are counted in each step's record (`skipped_records` so far in its
+`epoch` of the data, this process's share), and the evaluation's in its metrics.json.
+
 At the end: the policy as a Hugging Face checkpoint (`<output_dir>/policy`, LoRA merged, with the
 tokenizer) and the evaluation hook (`jaxbiqa.eval.evaluate` with `config.eval`, `<output_dir>/eval/`).
 
@@ -76,11 +82,12 @@ from jax.sharding import Mesh
 
 from jaxbiqa import distributed
 from jaxbiqa.checkpoint import Checkpointer, PreemptionGuard, UnreadableCheckpoint, restore_target
-from jaxbiqa.config import Config, TrainSection, check_master_weights, eval_settings, to_dict
+from jaxbiqa.config import Config, ConfigError, TrainSection, UserError, check_master_weights, eval_settings, to_dict
 from jaxbiqa.data.pipeline import Pass1Preprocess, batches_per_epoch, make_pipeline, per_shard, shard_options
+from jaxbiqa.data.records import SkipReport
 from jaxbiqa.distributed import Placement
 from jaxbiqa.eval.evaluate import METRICS_FILE, PREDICTIONS_FILE, evaluate
-from jaxbiqa.models.build import abstract_policy, build_policy, build_processor, has_weights, resolve_model_path
+from jaxbiqa.models.build import abstract_policy, build_policy, build_processor
 from jaxbiqa.models.qwen2_5_vl import save_pretrained, trainable_filter
 from jaxbiqa.paths import as_path, atomic_write, remove_leftovers
 from jaxbiqa.rewards import build_reward, reward_specs
@@ -101,6 +108,10 @@ EVAL_DIR = "eval"
 EVAL_COLUMNS = {"image": "overall_score", "caption": "caption_score", "caption_think": "reasoning_score"}
 SUMMARY_FILE = "summary.json"
 REFERENCE_ITEM = "reference"  # <checkpoints>/reference: the reference policy, when saved (module docstring)
+
+
+class SkippedUpdatesError(UserError):
+    """Training that makes no progress: every update skipped for a non-finite loss or gradient."""
 
 
 @dataclasses.dataclass
@@ -144,14 +155,14 @@ class Trainer:
         self.main_process = jax.process_index() == 0
         if jax.process_count() > 1:
             if mesh is None:
-                raise ValueError(f"a run on {jax.process_count()} processes needs a mesh over their devices "
+                raise ConfigError(f"a run on {jax.process_count()} processes needs a mesh over their devices "
                                  "(Trainer.from_runtime builds it from config.runtime)")
             shard = shard_options(config.data)
             if (shard.shard_index, shard.shard_count) != (jax.process_index(), jax.process_count()):
-                raise ValueError(f"data.shard_index / shard_count ({shard.shard_index}, {shard.shard_count}) must "
+                raise ConfigError(f"data.shard_index / shard_count ({shard.shard_index}, {shard.shard_count}) must "
                                  "be left unset in a multi-process run: each process reads its own share")
             if not config.data.drop_remainder:
-                raise ValueError("data.drop_remainder=False runs on one process only: a short batch would leave "
+                raise ConfigError("data.drop_remainder=False runs on one process only: a short batch would leave "
                                  "some processes without rows")
         shards = shard_options(config.data).shard_count
         per_shard(config.data.global_batch_size, shards)
@@ -159,16 +170,16 @@ class Trainer:
             per_shard(self.train.sft_batch_size, shards, "train.sft_batch_size")
         self.sft_pass2 = self.train.sft_pass2 and config.rollout.two_pass  # a one-pass rollout has no pass 2
         if self.train.train_pass2 and not config.rollout.two_pass:
-            raise ValueError("train.train_pass2 needs rollout.two_pass")
+            raise ConfigError("train.train_pass2 needs rollout.two_pass")
         if self.train.train_pass2 and config.rollout.pass2.num_samples != 1:
-            raise ValueError("train.train_pass2 needs rollout.pass2.num_samples == 1 (one pass-2 row per sample)")
+            raise ConfigError("train.train_pass2 needs rollout.pass2.num_samples == 1 (one pass-2 row per sample)")
         self.processor = build_processor(config.model, config.data)
         self.tokenizer = self.processor.tokenizer
         self.preprocess = Pass1Preprocess(self.processor)
         self.reward_fn = build_reward(reward_specs(config.rewards))
         self.eos_ids = tuple(config.rollout.pass1.eos_token_ids)
         if not self.eos_ids:
-            raise ValueError("rollout.pass1.eos_token_ids is empty: the warm start needs an end-of-turn token")
+            raise ConfigError("rollout.pass1.eos_token_ids is empty: the warm start needs an end-of-turn token")
         self.key = jax.random.key(config.seed)
 
     @classmethod
@@ -187,11 +198,11 @@ class Trainer:
         data = self.config.data
         if data.num_epochs is None:
             if not self.train.max_steps:
-                raise ValueError("data.num_epochs is None (no end): set train.max_steps")
+                raise ConfigError("data.num_epochs is None (no end): set train.max_steps")
             return self.train.max_steps
         steps = batches_per_epoch(data) * data.num_epochs  # the same on any number of processes
         if steps < 1 and not self.train.max_steps:
-            raise ValueError(f"the train split has no batch of {data.global_batch_size} records of one image size "
+            raise ConfigError(f"the train split has no batch of {data.global_batch_size} records of one image size "
                              "(data.global_batch_size)")
         return min(steps, self.train.max_steps) if self.train.max_steps else steps
 
@@ -339,6 +350,8 @@ class Trainer:
                               force=True)
             logger.sync()
 
+        skipped_since = None  # the first step of the current run of skipped updates
+
         while step < stage.end:
             position = stage.iterator.get_state()
             data = self._next_batch(stage.iterator)
@@ -359,8 +372,12 @@ class Trainer:
             record["step_time"] = now - last
             record[stage.tokens_metric] = record.pop("_tokens") / max(now - last, 1e-9)
             last = now
-            if step % train.log_every == 0 or step == stage.end:
+            # bad records skipped so far in this epoch of the data (not updates: `skipped_update`)
+            record |= {"epoch": stage.iterator.epoch, "skipped_records": stage.iterator.skipped_records}
+            skipped_since = (skipped_since or step) if record.get("skipped_update", 0) > 0 else None
+            if step % train.log_every == 0 or step == stage.end or skipped_since:
                 logger.write(step, stage.name, record)
+            self._check_skipped(stage, step, skipped_since, final=step == stage.end)
             done = step - stage.begin
             if samples and train.samples_every and (done == 1 or done % train.samples_every == 0):
                 logger.samples(step, stage.name, samples)
@@ -372,9 +389,24 @@ class Trainer:
                 checkpointer.wait()
                 log.warning("%s: saved step %d; resume with --resume", guard.received or "signal", step)
                 return state, step, True
+        self._check_skipped(stage, step, skipped_since, final=True)  # the data ended early
         if step > stage.start and step not in checkpointer.all_steps():
             save()
         return state, step, False
+
+    def _check_skipped(self, stage: Stage, step: int, skipped_since: int | None, final: bool) -> None:
+        """Stop a run whose updates keep being skipped (non-finite loss or gradient): after
+        `train.max_consecutive_skipped_updates` in a row, or when the stage ends in a run of skipped
+        updates at least half as long as the steps it took here (a short run that diverged)."""
+        limit = self.train.max_consecutive_skipped_updates
+        if skipped_since is None:
+            return
+        run = step - skipped_since + 1
+        if (limit and run >= limit) or (final and 2 * run >= step - stage.start):
+            raise SkippedUpdatesError(
+                f"{stage.name}: the updates of steps {skipped_since}..{step} were all skipped (a non-finite loss or "
+                f"gradient; the parameters are still those of step {skipped_since - 1}): lower the learning rate, or "
+                f"check the data (train.max_consecutive_skipped_updates={limit} stops a run after that many)")
 
     # ------------------------------------------------------------------ stage 1: warm start
 
@@ -446,7 +478,7 @@ class Trainer:
     def _reference_from_model_path(self) -> bool:
         """Whether GRPO starts from `model.path`'s weights as loaded (no warm start): then the
         reference's non-adapter parameters are reloaded from there on resume, not stored."""
-        return self.config.sft.steps == 0 and has_weights(resolve_model_path(self.config.model.path))
+        return self.config.sft.steps == 0 and self.config.model.init == "pretrained"
 
     def _reference(self, update: UpdateStep, state: TrainState, checkpointer: Checkpointer,
                    resumed: bool) -> nnx.State:
@@ -508,14 +540,16 @@ class Trainer:
         settings = eval_settings(config)
         # every process reads the whole split: one shard
         data = dataclasses.replace(config.data, global_batch_size=settings.batch_size, shard_index=0, shard_count=1)
-        eval_batches = make_pipeline(data, "eval", preprocess=self.preprocess)
+        skipped = SkipReport()
+        eval_batches = make_pipeline(data, "eval", preprocess=self.preprocess,
+                                     on_epoch_end=lambda epoch, report: skipped.entries.extend(report.entries))
         start = time.perf_counter()
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.placement.scope())
             folder = (self.output_dir / EVAL_DIR / name if self.main_process
                       else stack.enter_context(tempfile.TemporaryDirectory(prefix="jaxbiqa-eval-")))
             result = evaluate(model, self.processor, eval_batches, folder, rollout=config.rollout, settings=settings,
-                              should_stop=should_stop)
+                              should_stop=should_stop, skipped=skipped)
         datasets = {dataset: {label: entry["columns"][column] for label, column in EVAL_COLUMNS.items()
                               if column in entry["columns"]} | {"gap": entry.get("gap")}
                     for dataset, entry in result.metrics["datasets"].items()}
@@ -523,7 +557,8 @@ class Trainer:
             raise ValueError(f"evaluation '{name}': no eval record has a target MOS")
         out: dict[str, Any] = {"n": result.n, "metrics": str(self.output_dir / EVAL_DIR / name / METRICS_FILE),
                                "predictions": str(self.output_dir / EVAL_DIR / name / PREDICTIONS_FILE),
-                               "eval_time": time.perf_counter() - start, "datasets": datasets,
+                               "eval_time": time.perf_counter() - start, "skipped_records": len(skipped),
+                               "datasets": datasets,
                                **next(iter(datasets.values()))}
         scalars = {}
         for dataset, entry in datasets.items():

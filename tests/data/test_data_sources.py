@@ -391,3 +391,15 @@ def test_read_source_dispatch(tmp_path):
     assert len(read_source("koniq", tmp_path)) == 4
     with pytest.raises(ValueError, match="unknown source kind 'konik'"):
         read_source("konik", tmp_path)
+
+
+def test_label_files_that_are_not_utf8_name_the_file(tmp_path):
+    """Issue 18: a decode error names the file (it ended in a traceback of the codec)."""
+    from jaxbiqa.data.sources import read_source
+    from jaxbiqa.data.sources.common import LabelFileError
+
+    for kind, name, options in (("jsonl", "labels.jsonl", {}), ("meta_json", "labels.json", {"dataset": "meta"})):
+        path = tmp_path / name
+        path.write_bytes(b'\xff\xfe[{"image": "a.png"}]')
+        with pytest.raises(LabelFileError, match=rf"{path}: not UTF-8 text"):
+            read_source(kind, str(path), **options)

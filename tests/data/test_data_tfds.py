@@ -16,8 +16,8 @@ from jaxbiqa.data.tfds_builder import TfdsRecords, build_tfds, dataset_dirs
 def built(synth_dir, tmp_path_factory):
     records = read_jsonl(synth_dir / "index.jsonl")
     out = tmp_path_factory.mktemp("tfds")
-    path, report = build_tfds(records, out, "synthetic")
-    assert len(report) == 0
+    path, report, written = build_tfds(records, out, "synthetic")
+    assert len(report) == 0 and len(written) == len(records)
     return records, out, path
 
 
@@ -70,8 +70,8 @@ def test_build_skips_or_rejects_bad_images(synth_dir, tmp_path):
     records[4] = {**records[4], "image": str(tmp_path / "missing.png")}
     with pytest.raises(BadRecordError, match=f"record synthetic/{records[1]['id']}: truncated image"):
         build_tfds(records, tmp_path / "raise", "synthetic")
-    path, report = build_tfds(records, tmp_path / "skip", "synthetic", on_bad="skip")
+    path, report, written = build_tfds(records, tmp_path / "skip", "synthetic", on_bad="skip")
     assert [where for where, _ in report.entries] == [f"record synthetic/{records[i]['id']}" for i in (1, 4)]
-    assert len(TfdsRecords(path)) == 4
+    assert len(TfdsRecords(path)) == len(written) == 4
     with pytest.raises(ValueError, match="lower-case"):
         build_tfds(records, tmp_path / "x", "My Data")

@@ -23,7 +23,7 @@ TEST_IMAGES = 6
 
 def overrides(model_dir: Path, data_dir: Path, batch_size: int = 4) -> list[str]:
     """`--set` values: the tiny model, the small synthetic set, short completions, demo token ids."""
-    sets = [f"model.path={model_dir}", "model.dtype=float32", f'data.eval=["synthetic:{data_dir}"]',
+    sets = [f"model.path={model_dir}", "model.init=random", "model.dtype=float32", f'data.eval=["synthetic:{data_dir}"]',
             f'data.train=["synthetic:{data_dir}"]', "data.synthetic_num_photos=4",
             "data.synthetic_crops_per_photo=1", "data.synthetic_types_per_crop=1", "data.synthetic_crop_size=56",
             "data.max_pixels=3136", f"data.global_batch_size={batch_size}",
@@ -45,7 +45,7 @@ def save_random_weights(model_dir: Path, out: Path, seed: int = 0) -> Path:
     from jaxbiqa.models.build import build_policy, build_processor
     from jaxbiqa.models.qwen2_5_vl import save_pretrained
 
-    config = load_config(None, [f"model.path={model_dir}"])
+    config = load_config(None, [f"model.path={model_dir}", "model.init=random"])
     save_pretrained(build_policy(config.model, seed=seed), out)
     build_processor(config.model, config.data).save_pretrained(out)
     return out

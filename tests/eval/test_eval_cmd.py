@@ -106,10 +106,10 @@ def test_eval_of_a_hugging_face_folder_reads_back(tiny, tmp_path, capsys):
 
 
 def test_paths_that_are_not_checkpoints(tmp_path, capsys):
-    assert main(["eval", "--checkpoint", str(tmp_path / "missing")]) == 1
+    assert main(["eval", "--checkpoint", str(tmp_path / "missing")]) == 2
     assert "no such file or directory" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["eval", "--checkpoint", str(tmp_path / "empty")]) == 1
+    assert main(["eval", "--checkpoint", str(tmp_path / "empty")]) == 2
     assert "not a Hugging Face checkpoint" in capsys.readouterr().err
     (tmp_path / "fresh" / "checkpoints").mkdir(parents=True)
     with pytest.raises(CheckpointError, match="has no checkpoint yet"):
@@ -121,5 +121,35 @@ def test_qalign_mode_needs_single_token_level_words(tiny, capsys):
     args = ["eval", "--mode", "qalign", "--no-progress"]
     for assignment in sets:
         args += ["--set", assignment]
-    assert main(args) == 1  # the demo's BPE splits "excellent"
+    assert main(args) == 2  # the demo's BPE splits "excellent"
     assert "quality level 'excellent' is not a single token" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # one more evaluation (about 20 s on 2 cores)
+def test_eval_counts_skipped_records_and_names_random_weights(tiny, tmp_path, capsys):
+    """The probes: eval's metrics.json had no count of skipped records, and a model folder without
+    weights was evaluated as `{"kind": "config"}`; random weights are now asked for and said."""
+    from PIL import Image
+
+    _, model, sets = tiny
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    with open(tmp_path / "index.jsonl", "w") as index:
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 255, (56, 56, 3), np.uint8)).save(tmp_path / "images" / f"{i}.png")
+            index.write(json.dumps({"image": f"images/{i}.png", "id": str(i), "dataset": "toy", "split": "test",
+                                    "mos_norm": 1.0 + i}) + "\n")
+    (tmp_path / "images" / "3.png").write_bytes(b"not a PNG")
+    args = ["eval", "--decoding", "greedy", "--out", str(tmp_path / "out"), "--no-progress"]
+    for assignment in [*sets, f'data.eval=["jsonl:{tmp_path / "index.jsonl"}"]', "data.on_bad_record=skip"]:
+        args += ["--set", assignment]
+    assert main(args) == 0
+    assert "4 images in" in capsys.readouterr().out  # and "(1 bad records skipped)" after the time
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["n"] == len(read_jsonl(tmp_path / "out" / "predictions.jsonl")) == 4
+    assert metrics["skipped_records"] == 1 and "3.png" in metrics["skipped_examples"][0]
+    assert metrics["checkpoint"] == {"kind": "random", "path": str(model), "seed": 0}
+    # without model.init=random the same folder is an error naming what it holds
+    args[args.index("model.init=random")] = "model.init=pretrained"
+    assert main(args) == 2
+    assert f"{model}: no weights" in capsys.readouterr().err

@@ -65,7 +65,7 @@ def test_sampling_settings_are_the_authors_or_greedy(setup):
     assert sampled.stop_strings == config.rollout.pass1.stop_strings
     greedy = EvalSection(decoding="greedy").sampling(config.rollout.pass2)
     assert greedy.greedy and greedy.num_samples == 1
-    with pytest.raises(ValueError, match="decoding must be"):
+    with pytest.raises(ValueError, match="decoding='beam' is not one of"):
         EvalSection(decoding="beam")
 
 

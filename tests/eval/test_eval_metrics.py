@@ -128,4 +128,6 @@ def test_gap_and_as_dict():
     assert g == {"plcc": image.plcc - caption.plcc, "srcc": image.srcc - caption.srcc}
     assert g["plcc"] > 0
     d = image.as_dict()
-    assert d["plcc_logistic"] is None and d["n"] == 200 and d["notes"] == []
+    outside = int(np.sum((pred < 1) | (pred > 5)))  # kept as given, counted and noted
+    assert d["plcc_logistic"] is None and d["n"] == 200 and d["n_out_of_range"] == outside > 0
+    assert d["notes"] == [f"{outside} prediction(s) outside the rating range [1.0, 5.0], kept as given"]

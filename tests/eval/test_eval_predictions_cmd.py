@@ -73,7 +73,7 @@ def test_csiq_auto_detection():
 def test_bad_input_exits_with_a_message(tmp_path, capsys):
     (tmp_path / "koniq").mkdir()
     (tmp_path / "koniq" / "p0.json").write_text('[{"image": "a"}]')
-    assert main(["eval-predictions", str(tmp_path / "koniq")]) == 1
+    assert main(["eval-predictions", str(tmp_path / "koniq")]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "p0.json: record 0 (a): missing 'gt_score'" in err
 
@@ -88,3 +88,30 @@ def test_samples_match_their_generator(tmp_path):
     assert generated == bundled
     for rel in generated:
         assert (tmp_path / rel).read_bytes() == (SAMPLES_DIR / rel).read_bytes(), rel
+
+
+def test_empty_and_undecodable_files_are_errors_naming_the_file(tmp_path, capsys):
+    """The probes: an empty predictions file exited 0; a file that is not UTF-8 ended in a traceback."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["eval-predictions", str(empty)]) == 2
+    assert f"{empty}: no prediction records in it" in capsys.readouterr().err
+    for name, data in (("binary.jsonl", b"\xff\xfe{"), ("koniq/p0.json", b"\xff\xfe[")):
+        path = tmp_path / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        assert main(["eval-predictions", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"{path}: not UTF-8 text" in err and "Traceback" not in err
+
+
+def test_out_of_range_predictions_are_counted_and_noted(tmp_path, capsys):
+    path = tmp_path / "preds.jsonl"
+    rows = [("a", 3.0, 7.0), ("b", 4.0, 2.0), ("c", 2.0, -3.0), ("d", 5.0, 4.0), ("e", 1.0, None)]
+    path.write_text("".join(json.dumps({"dataset": "toy", "image": i, "gt_score": gt, "overall_score": pred}) + "\n"
+                            for i, gt, pred in rows))
+    out = tmp_path / "out.json"
+    assert main(["eval-predictions", str(path), "--json", str(out)]) == 0
+    assert "note: 2 prediction(s) outside the rating range [1.0, 5.0], kept as given" in capsys.readouterr().out
+    image = json.loads(out.read_text())["models"][0]["datasets"]["toy"]["columns"]["overall_score"]
+    assert image["n_out_of_range"] == 2 and image["n_invalid"] == 1 and image["n"] == 4

@@ -134,3 +134,9 @@ def test_report_without_optional_inputs(inputs, tmp_path):
     assert out.html is None and "## Training" not in text and "ROUGE-1" not in text
     assert "Pass-1 completion" not in text and len(out.plots) == 6
     assert json.loads(out.metrics_json.read_text()) == out.metrics
+
+
+def test_report_states_the_records_the_evaluation_skipped(inputs, tmp_path):
+    out = build_report(inputs["predictions"], tmp_path, samples=0, skipped_records={"in_distribution": 2})
+    assert "Bad records skipped by the evaluation: in_distribution: 2." in out.markdown.read_text()
+    assert json.loads(out.metrics_json.read_text())["skipped_records"] == {"in_distribution": 2}

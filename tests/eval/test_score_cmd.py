@@ -11,7 +11,7 @@ from PIL import Image
 
 from jaxbiqa.cli import main
 from jaxbiqa.eval.evaluate import Evaluator
-from jaxbiqa.eval.score_cmd import format_entries, read_images
+from jaxbiqa.eval.score_cmd import check_images, format_entries
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -51,7 +51,8 @@ def test_scores_real_photographs_as_json_and_as_a_table(checkpoint, photos, tmp_
     assert [e["size"] for e in entries] == ["56x56", "56x56", "28x56"]
     for entry in entries:
         assert set(entry) == {"image", "size", "caption", "reasoning", "rating", "caption_rating",
-                              "caption_think_rating", "completion"}
+                              "caption_think_rating", "completion", "model"}
+        assert entry["model"] == {"kind": "hf", "path": str(hf)}  # which weights rated it
         assert isinstance(entry["completion"], str) and entry["completion"]
         assert entry["rating"] is None or 1.0 <= entry["rating"] <= 5.0
     assert json.loads(written.read_text()) == entries
@@ -72,18 +73,21 @@ def test_unreadable_images_are_named_before_loading_a_model(photos, tmp_path, ca
     paths = [str(photos[0]), str(tmp_path / "broken.jpg"), str(tmp_path / "empty.png"),
              str(tmp_path / "missing.png"), str(tmp_path / "truncated.png")]
     # no checkpoint given either: the images are checked first, so the errors are about them only
-    assert main(["score", *paths, "--checkpoint", str(tmp_path / "no_such_model")]) == 1
+    assert main(["score", *paths, "--checkpoint", str(tmp_path / "no_such_model")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 4 and all(line.startswith("jaxbiqa score: error: cannot read image ") for line in err)
     assert "broken.jpg: corrupt image" in err[0] and "empty.png: empty file" in err[1]
     assert "missing.png: missing file" in err[2] and "truncated.png: truncated image" in err[3]
-    images, errors = read_images([str(photos[1])])
-    assert not errors and images[0].shape == (512, 512, 3)  # grey photo decoded to RGB
+    shapes, errors = check_images([str(photos[1])], max_pixels=10**6)
+    assert not errors and shapes == [(512, 512)]  # the decoded size only: the pixels are not kept
+    shapes, errors = check_images([str(photos[1])], max_pixels=512 * 512 - 1)
+    assert errors == [f"cannot read image {photos[1]}: image too large: 512x512 = 262,144 pixels is over the "
+                      "decompression-bomb limit data.max_image_pixels=262,143; raise it if you trust the file"]
 
 
 def test_without_a_model_it_says_how_to_get_one(photos, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no runs/demo here
-    assert main(["score", str(photos[0])]) == 1
+    assert main(["score", str(photos[0])]) == 2
     assert "no model: pass --checkpoint PATH or --config RECIPE" in capsys.readouterr().err
 
 
@@ -95,3 +99,27 @@ def test_table_wraps_long_texts_and_marks_missing_parts():
     assert lines[0] == "x.png: rating 3.50  (from its caption alone: n/a; caption + reasoning: 2.25)"
     assert all(len(line) <= 60 for line in lines[1:]) and lines[1].startswith("  caption: word")
     assert lines[-1] == "  reasoning: (no reasoning in the output)"
+
+
+def test_the_image_check_keeps_no_pixels(tmp_path):
+    """The probe: `score` kept every full-resolution decoded image until the end (~250 MB for an
+    81-Mpx image). The check before the model loads decodes one image at a time and keeps its size:
+    its peak memory is that of one image, not of all of them."""
+    import tracemalloc
+
+    import numpy as np
+
+    side, count = 1500, 6  # 6.75 MB per decoded RGB image
+    paths = []
+    for i in range(count):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((side, side, 3), 40 * i, np.uint8)).save(path)
+        paths.append(str(path))
+    tracemalloc.start()
+    try:
+        shapes, errors = check_images(paths, max_pixels=10**8)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not errors and shapes == [(side, side)] * count
+    assert peak < 2.5 * side * side * 3, f"peak {peak / 1e6:.1f} MB: more than one decoded image held at once"

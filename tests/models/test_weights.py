@@ -263,7 +263,11 @@ def test_missing_files_are_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(tiny_hf_config().to_dict()))
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(CheckpointError, match=rf"{tmp_path}: no weights \(model.safetensors .*it holds config.json$"):
+        from_pretrained(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\0" * 8)
+    with pytest.raises(CheckpointError, match=r"holds config.json, pytorch_model.bin; PyTorch weights "
+                                              r"\(pytorch_model.bin\) are not read: .*save_pretrained"):
         from_pretrained(tmp_path)
 
 
@@ -286,7 +290,7 @@ def test_convert_cli_checks_and_re_exports(tmp_path, capsys):
 
     del tensors["model.norm.weight"]
     write_hf_checkpoint(tmp_path / "bad", tensors=tensors)
-    assert main(["convert", "--from-hf", str(tmp_path / "bad")]) == 1
+    assert main(["convert", "--from-hf", str(tmp_path / "bad")]) == 2
     assert "missing tensor 'model.norm.weight'" in capsys.readouterr().err
 
 

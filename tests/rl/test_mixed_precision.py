@@ -27,7 +27,7 @@ def _update(param_dtype: str, dtype: str) -> dict:
     logp = np.asarray(step.logprobs(state.params, state.frozen, batch))
     batch["ref_logps"] = (logp + np.random.default_rng(1).normal(0, 0.3, logp.shape)).astype(np.float32)
     state, metrics = step(state, batch)
-    assert int(metrics["skipped"]) == 0
+    assert int(metrics["skipped_update"]) == 0
     after = {path: v.get_value() for path, v in nnx.to_flat_state(state.params)}
     assert {str(v.dtype) for v in after.values()} == {param_dtype}
     return {path: np.asarray(after[path], np.float64) - before[path] for path in before}

@@ -112,14 +112,14 @@ def test_no_recompilation_and_non_finite_steps_are_skipped(full_step, model, bat
     bad = {**batch, "advantages": batch["advantages"].copy()}
     bad["advantages"][3] = np.nan
     state, metrics = full_step(state, bad)
-    assert int(metrics["skipped"]) == 1 and int(metrics["skipped_total"]) == 1
+    assert int(metrics["skipped_update"]) == 1 and int(metrics["skipped_updates"]) == 1
     assert int(state.step) == 4 and int(state.skipped) == 1
     _assert_same(_params(state), before, atol=0)
     for x, y in zip(jax.tree.leaves(state.opt_state), jax.tree.leaves(opt_before)):
         np.testing.assert_array_equal(np.asarray(x), y)
 
     state, metrics = full_step(state, batch)  # the schedule did not advance on the skipped step
-    assert int(metrics["skipped"]) == 0 and int(metrics["skipped_total"]) == 1
+    assert int(metrics["skipped_update"]) == 0 and int(metrics["skipped_updates"]) == 1
     assert float(metrics["learning_rate"]) == pytest.approx(lr_before - OPTIM.learning_rate / 10, rel=1e-5)
     assert max(np.abs(_params(state)[p] - before[p]).max() for p in before) > 1e-5
     assert full_step.compile_count == 1
@@ -154,7 +154,7 @@ def test_lora_trains_adapters_only_and_the_reference_is_the_base_model(full_step
 
     for _ in range(2):
         state, metrics = step(state, batch)
-    assert int(metrics["skipped_total"]) == 0
+    assert int(metrics["skipped_updates"]) == 0
     for x, y in zip(jax.tree.leaves(state.frozen), jax.tree.leaves(frozen_before)):
         np.testing.assert_array_equal(np.asarray(x), y)
     ref_params = step.reference_params(state)

@@ -76,9 +76,9 @@ def test_no_recompilation_after_step_two(run):
 def test_nan_step_is_skipped_and_counted(run):
     _, _, lines, _ = run
     grpo = _stage(lines, "grpo")
-    skipped = [r["skipped"] for r in grpo]
+    skipped = [r["skipped_update"] for r in grpo]
     assert skipped == [1.0 if i == NAN_STEP - 1 else 0.0 for i in range(GRPO_STEPS)]
-    assert [r["skipped_total"] for r in grpo] == [0.0] * (NAN_STEP - 1) + [1.0] * (GRPO_STEPS - NAN_STEP + 1)
+    assert [r["skipped_updates"] for r in grpo] == [0.0] * (NAN_STEP - 1) + [1.0] * (GRPO_STEPS - NAN_STEP + 1)
     assert grpo[NAN_STEP - 1]["reward/total_mean"] is None  # NaN is logged as null
 
 

@@ -155,6 +155,7 @@ def test_reference_without_warm_start_reloads_model_path(assets, monkeypatch):
     config = tiny_config(weights_dir, data_dir, root / "weights", sft=SFTSection(steps=0))
     save_pretrained(build_policy(dataclasses.replace(config.model, path=str(model_dir)), seed=7), weights_dir)
     assert (weights_dir / "model.safetensors").is_file()
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, init="pretrained"))
     straight, resumed = _stopped_and_resumed(config, monkeypatch, stop_after=2)
     for output in (straight, resumed):
         assert not (output / "checkpoints" / REFERENCE_ITEM).exists()

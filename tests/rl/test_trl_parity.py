@@ -180,7 +180,7 @@ def test_one_update_equals_trl_with_torch_adamw(models, scorer):
     step = UpdateStep(model, grpo_loss(options), OptimSection(learning_rate=1e-3, weight_decay=0.0, max_grad_norm=1.0),
                      total_steps=10, trainable=TEXT_ONLY)
     state, metrics = step(step.init(model, copy=True), batch)
-    assert int(metrics["skipped"]) == 0
+    assert int(metrics["skipped_update"]) == 0
     for path, variable in nnx.to_flat_state(state.params):
         key, transpose = _torch_name(path)
         expected = updated[key].T if transpose else updated[key]

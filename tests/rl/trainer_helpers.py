@@ -34,7 +34,7 @@ def tiny_settings(model_dir: Path, data_dir: Path, output_dir: Path | str) -> di
     side = IMAGE_SIDE * IMAGE_SIDE
     return dict(
         name="tiny", seed=0, output_dir=str(output_dir),
-        model=ModelSection(path=str(model_dir), param_dtype="float32", dtype="float32", remat=False,
+        model=ModelSection(path=str(model_dir), init="random", param_dtype="float32", dtype="float32", remat=False,
                            scan_layers=False),
         data=DataSection(train=(f"synthetic:{data_dir}",), eval=(f"synthetic:{data_dir}",), global_batch_size=2,
                          max_pixels=side, min_pixels=side, num_epochs=1, synthetic_num_photos=4,

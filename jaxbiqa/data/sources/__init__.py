@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from jaxbiqa.config import UserError
 from jaxbiqa.data.sources.agiqa import read_agiqa3k
 from jaxbiqa.data.sources.conversations import read_conversations
 from jaxbiqa.data.sources.csiq import read_csiq
@@ -41,7 +42,7 @@ READERS: dict[str, Callable[..., list[dict]]] = {
 
 def read_source(kind: str, path: str | os.PathLike, **options: Any) -> list[dict]:
     if kind not in READERS:
-        raise ValueError(f"unknown source kind {kind!r}; known: {', '.join(READERS)}")
+        raise UserError(f"unknown source kind {kind!r}; known: {', '.join(READERS)}")
     return READERS[kind](path, **options)
 
 

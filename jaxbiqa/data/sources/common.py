@@ -3,6 +3,7 @@ turns parsed rows into checked records (scale, unique ids, split assignment)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -12,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from jaxbiqa.config import UserError
 from jaxbiqa.data.records import (
     MOS_SCALES, BadRecordError, MosScale, RecordGuard, check_unique_ids, log, make_record, scale_from_data,
 )
@@ -22,7 +24,7 @@ ScaleArg = MosScale | Literal["table", "data"]
 SPLIT_ALIASES = {"training": "train", "testing": "test", "validation": "val", "valid": "val"}
 
 
-class LabelFileError(ValueError):
+class LabelFileError(UserError):
     """A label or split file that cannot be read at all (missing, malformed, wrong columns)."""
 
 
@@ -59,7 +61,7 @@ def read_csv(path: Path, required: Sequence[str], *,
     """
     if delimiter is None:
         delimiter = "\t" if path.suffix == ".tsv" else ","
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle, _utf8(path):
         reader = csv.DictReader(handle, delimiter=delimiter)
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in required if c not in header]
@@ -79,9 +81,18 @@ def row_cells(row: Mapping[str | None, Any], where: str) -> Mapping[str, Any]:
     return row
 
 
+@contextlib.contextmanager
+def _utf8(path: Path) -> Iterator[None]:
+    """A file that is not UTF-8 text is a LabelFileError naming it."""
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        raise LabelFileError(f"{path}: not UTF-8 text ({err})") from None
+
+
 def load_json(path: Path) -> Any:
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle, _utf8(path):
             return json.load(handle)
     except json.JSONDecodeError as err:
         raise LabelFileError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
@@ -90,7 +101,8 @@ def load_json(path: Path) -> Any:
 def load_json_rows(path: Path) -> Iterator[tuple[str, Any]]:
     """("file item N" / "file line N", object) for a JSON list or a JSON-lines file; a malformed
     line or an item that is not an object becomes a BadRecordError for it (the others stay usable)."""
-    text = path.read_text(encoding="utf-8")
+    with _utf8(path):
+        text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl" or (not text.lstrip().startswith("[") and "\n{" in text.strip()):
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -160,7 +172,7 @@ def resolve_scale(scale: ScaleArg, dataset_key: str, rows: Sequence[Row]) -> Mos
         return scale_from_data(values, lower_is_better=table.lower_is_better if table else False)
     if scale == "table":
         if table is None:
-            raise ValueError(f"no MOS scale in the table for {dataset_key!r}; pass scale='data' or a MosScale")
+            raise UserError(f"no MOS scale in the table for {dataset_key!r}; pass scale='data' or a MosScale")
         return table
     raise ValueError(f"scale must be 'table', 'data' or a MosScale, got {scale!r}")
 

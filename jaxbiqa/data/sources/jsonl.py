@@ -1,9 +1,10 @@
 """The generic JSON-lines form (also what `jaxbiqa data synth` writes): one object per line with
 the record schema's field names (records.FIELDS). Required: `image` (a path relative to the
 file's folder or `image_root`); `id` defaults to the image's base name, `dataset` to the
-`dataset` argument, `split` to the `split` argument (else "all"). `mos_norm` is used as given;
-without it a `mos` is normalised with the dataset's scale from the table, or with the data's
-min/max for a dataset the table does not know (or with `scale="data"`).
+`dataset` argument, `split` to the `split` argument (else "all"). `mos_norm` is used as given (on
+1-5: outside it the record is bad); without it a `mos` is normalised with the dataset's scale from
+the table, or with the data's min/max for a dataset the table does not know (with a warning that
+names that range) or with `scale="data"`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from jaxbiqa.data.records import (
     FIELDS, FLOAT_FIELDS, MOS_SCALES, OPTIONAL_STRING_FIELDS, BadRecordError, OnBad, RecordGuard, SkipReport,
-    image_path, optional_float,
+    image_path, log, optional_float,
 )
 from jaxbiqa.data.sources.common import Row, ScaleArg, existing_file, finish, load_json_rows, resolve_scale
 
@@ -52,6 +53,10 @@ def read_jsonl(path: str | os.PathLike, *, image_root: str | os.PathLike | None 
         scale_for = None
         if any("mos" in r.fields and "mos_norm" not in r.fields for r in rows):
             scale_for = resolve_scale("data" if scale == "table" and name not in MOS_SCALES else scale, name, rows)
+            if scale == "table" and name not in MOS_SCALES:
+                log.warning("%s: dataset %r has no MOS scale in the table: its MOS is normalised by the data's "
+                            "min/max [%g, %g]; give `mos_norm`, or choose the scale", path, name, scale_for.low,
+                            scale_for.high)
         records += finish(rows, dataset=name, source=path.name, guard=guard, scale=scale_for, split=split,
                           split_of=splits, default_split="all")
     return records

@@ -82,15 +82,11 @@ def _size(args: argparse.Namespace) -> int:
 
 def _from_hf(args: argparse.Namespace) -> int:
     from jaxbiqa.models.qwen2_5_vl.size import size_report
-    from jaxbiqa.models.qwen2_5_vl.weights import CheckpointError, from_pretrained, save_pretrained
+    from jaxbiqa.models.qwen2_5_vl.weights import from_pretrained, save_pretrained
     from jaxbiqa.sharding import make_mesh
 
     mesh = make_mesh(args.mesh) if args.mesh else None
-    try:
-        model = from_pretrained(args.from_hf, param_dtype=args.param_dtype, mesh=mesh)
-    except CheckpointError as err:
-        print(f"jaxbiqa convert: {err}", file=sys.stderr)
-        return 1
+    model = from_pretrained(args.from_hf, param_dtype=args.param_dtype, mesh=mesh)
     print(f"{args.from_hf}: every tensor loaded and checked", file=sys.stderr)
     _print_report(size_report(model.config, mesh), args.json)
     if args.to_hf:

@@ -45,6 +45,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from jaxbiqa.config import UserError
 from jaxbiqa.models.qwen2_5_vl.config import ModelConfig, VisionConfig, from_hf
 from jaxbiqa.models.qwen2_5_vl.lora import merge_lora
 from jaxbiqa.models.qwen2_5_vl.model import Qwen2_5_VLForConditionalGeneration
@@ -62,8 +63,28 @@ KEY_ALIASES = (("model.language_model.", "model."), ("model.visual.", "visual.")
 StatePath = tuple[str | int, ...]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model; the message names every offending key."""
+class CheckpointError(UserError):
+    """A checkpoint that does not fit the model (the message names every offending key), or that
+    cannot be read (the message names the file)."""
+
+
+TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+
+
+def missing_weights(directory: PathLike, hint: str = "") -> CheckpointError:
+    """The error for a folder without safetensors weights, naming what it holds instead."""
+    directory = as_path(directory)
+    found = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+    listed = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "") or "nothing"
+    message = f"{directory}: no weights ({SINGLE_FILE} or {INDEX_FILE}); it holds {listed}"
+    torch = [name for name in found if name.endswith(TORCH_SUFFIXES)]
+    if torch:
+        message += (f"; PyTorch weights ({', '.join(torch[:3])}{', ...' if len(torch) > 3 else ''}) are not read: "
+                    "write them as safetensors first, e.g. python -c \"from "
+                    "transformers import Qwen2_5_VLForConditionalGeneration as M; "
+                    f"M.from_pretrained('{directory}').save_pretrained('OUT')\" (then `jaxbiqa convert --from-hf "
+                    "OUT` checks them)")
+    return CheckpointError(message + (f"; {hint}" if hint else ""))
 
 
 # --- transforms: how one NNX parameter (of one layer) relates to one HF tensor -------------------
@@ -230,13 +251,18 @@ class Checkpoint:
         self.directory = self._stack.enter_context(local_copy(self.source, ("*.safetensors", "*.json")))
         index_path, single = self.directory / INDEX_FILE, self.directory / SINGLE_FILE
         if index_path.is_file():
-            weight_map: Mapping[str, str] = json.loads(index_path.read_text())["weight_map"]
+            try:
+                weight_map: Mapping[str, str] = json.loads(index_path.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                self._stack.close()
+                raise CheckpointError(f"{self.source / INDEX_FILE}: not a safetensors index ({type(err).__name__}: "
+                                      f"{err})") from None
             files = sorted(set(weight_map.values()))
         elif single.is_file():
             weight_map, files = {}, [SINGLE_FILE]
         else:
             self._stack.close()
-            raise FileNotFoundError(f"{self.source}: no {SINGLE_FILE} or {INDEX_FILE}")
+            raise missing_weights(self.source)
         self._files: dict[str, Any] = {}
         self._where: dict[str, tuple[str, str]] = {}  # canonical key -> (file, stored key)
         try:
@@ -253,7 +279,10 @@ class Checkpoint:
     def _open(self, name: str, weight_map: Mapping[str, str]) -> None:
         if not (self.directory / name).is_file():
             raise FileNotFoundError(f"{self.source / INDEX_FILE} lists {name}, which does not exist")
-        handle = self._stack.enter_context(safe_open(str(self.directory / name), framework="numpy"))
+        try:
+            handle = self._stack.enter_context(safe_open(str(self.directory / name), framework="numpy"))
+        except Exception as err:  # safetensors' own error type: a truncated or foreign file
+            raise CheckpointError(f"{self.source / name}: not a readable safetensors file ({err})") from None
         self._files[name] = handle
         for key in handle.keys():
             if weight_map and weight_map.get(key) != name:
@@ -387,7 +416,10 @@ def read_config(path: str | Path, dtype: Any = None, param_dtype: Any = None, **
     config_path = path / "config.json" if path.is_dir() else path
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: no such config file")
-    raw = json.loads(config_path.read_text())
+    try:
+        raw = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
     param_dtype = jnp.dtype(param_dtype).name if param_dtype is not None else _checkpoint_dtype(raw) or "float32"
     dtype = jnp.dtype(dtype).name if dtype is not None else param_dtype
     return from_hf(raw, param_dtype=param_dtype, dtype=dtype, **runtime)
