@@ -38,7 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxbiqa import interrupts
-from jaxbiqa.config import to_dict
+from jaxbiqa.config import UserError, to_dict
 from jaxbiqa.paths import PathLike, as_path, is_local
 
 
@@ -50,7 +50,7 @@ class Restored(NamedTuple):
     data_restored: bool         # whether a data iterator's position was restored
 
 
-class UnreadableCheckpoint(RuntimeError):
+class UnreadableCheckpoint(UserError):
     """A saved step whose files cannot be read back (truncated, missing or broken metadata)."""
 
     def __init__(self, step: int, directory: Any, cause: BaseException):
@@ -221,7 +221,7 @@ class Checkpointer:
             import grain
             processes = meta.get("processes", 1)
             if processes != jax.process_count():
-                raise ValueError(f"checkpoint step {step} in {self.directory} holds the data position of {processes} "
+                raise UserError(f"checkpoint step {step} in {self.directory} holds the data position of {processes} "
                                  f"process(es), this run has {jax.process_count()}: resume with {processes}, or "
                                  "restore without a data iterator (the arrays restore on any number of processes)")
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -229,7 +229,7 @@ class Checkpointer:
             out = self.manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as error:
             if _target_mismatch(error):  # the checkpoint is whole; the model it is restored into differs
-                raise ValueError(f"checkpoint step {step} in {self.directory} does not fit this run's train state "
+                raise UserError(f"checkpoint step {step} in {self.directory} does not fit this run's train state "
                                  f"(a different model or config?): {_first_line(error)}") from error
             raise UnreadableCheckpoint(step, self.directory, error) from error
         config = out["config"] if "config" in items else None

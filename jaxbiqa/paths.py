@@ -122,6 +122,14 @@ def atomic_folder(path: PathLike, stale: tuple[str, ...] = ()) -> Iterator[Path]
                     old.unlink()
 
 
+def follow_umask(path: PathLike) -> None:
+    """Give a local file that its writer created 0600 (e.g. safetensors) the mode `open()` would."""
+    if is_local(path):
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(path, 0o666 & ~mask)
+
+
 def remove_leftovers(folder: PathLike) -> list[epath.Path]:
     """Remove the temporary siblings that `atomic_write` / `atomic_folder` leave when a process
     dies mid-write; returns what was removed."""

@@ -317,3 +317,16 @@ def test_weights_from_and_to_a_bucket(tmp_path, bucket):
         name = key.replace(".weight", ".kernel" if "proj" in key else ".embedding")
         expected = tensors[key].T if "proj" in key else tensors[key]
         np.testing.assert_array_equal(_value(model, name), expected)
+
+
+def test_exported_weights_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    write_hf_checkpoint(tmp_path / "in")
+    old = os.umask(0o022)
+    try:
+        written = save_pretrained(from_pretrained(tmp_path / "in"), tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(os.stat(path).st_mode) for path in written} == {0o644}

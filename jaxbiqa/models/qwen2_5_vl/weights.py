@@ -50,7 +50,7 @@ from jaxbiqa.models.qwen2_5_vl.config import ModelConfig, VisionConfig, from_hf
 from jaxbiqa.models.qwen2_5_vl.lora import merge_lora
 from jaxbiqa.models.qwen2_5_vl.model import Qwen2_5_VLForConditionalGeneration
 from jaxbiqa.models.qwen2_5_vl.vision import conv3d_weight_to_kernel, kernel_to_conv3d_weight
-from jaxbiqa.paths import PathLike, as_path, atomic_folder, local_copy
+from jaxbiqa.paths import PathLike, as_path, atomic_folder, follow_umask, local_copy
 from jaxbiqa.sharding import DEFAULT_RULES, LogicalRules, state_shardings
 
 SINGLE_FILE = "model.safetensors"
@@ -523,6 +523,7 @@ def save_pretrained(model: nnx.Module, path: PathLike, max_shard_size: int | str
                                                                                 else value[layer])))
             if writer:
                 save_file(shard, str(directory / name), metadata={"format": "pt"})
+                follow_umask(directory / name)  # safetensors creates its files 0600
             del shard
         if not writer:
             return []
