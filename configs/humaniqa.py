@@ -8,6 +8,10 @@ Each setting and where it comes from (the paper, or the authors' trainer where i
   their separator-less join is `--set rewards.params.reasoning.join=authors` (8.6);
 * rollout: G = 4 samples per prompt, up to 1024 new tokens in pass 1 and in pass 2 (both of their
   GenerationConfigs), pass 2 on the caption alone (text before `<think>`, 3);
+* pass-2 caption budget 384 tokens (`max_caption_tokens`): the longest caption the policy may
+  produce and pass 2 takes (the paper's captions run ~100-300 tokens; a longer one is treated as
+  missing, reward 0), so pass-2 prompts are ~450 tokens instead of pass 1's 1024-token budget;
+  they are prefilled at the smallest of 128 / 256 / the full width that holds the batch's longest;
 * sampling, both passes: temperature 1, top-k 50, top-p 1. Their trainer builds
   `GenerationConfig(max_new_tokens, do_sample=True, temperature=1, pad_token_id)`, which leaves
   transformers' default top_k=50 in place (transformers 4.51.3, their pin). That version also
@@ -39,6 +43,7 @@ from jaxbiqa.config import (
 
 NEW_TOKENS = 1024
 TOP_K = 50  # transformers' GenerationConfig default, which the authors' generate call kept
+CAPTION_TOKENS = 384  # the longest caption the policy may produce (pass 2's prompt width follows it)
 
 
 def get_config() -> Config:
@@ -54,8 +59,8 @@ def get_config() -> Config:
             pass1=SamplingSection(max_new_tokens=NEW_TOKENS, num_samples=4, temperature=1.0, top_k=TOP_K,
                                  stop_strings=("</answer>",), prompt_buckets=(320, 384, 512)),
             pass2=SamplingSection(max_new_tokens=NEW_TOKENS, num_samples=1, temperature=1.0, top_k=TOP_K,
-                                 stop_strings=("</answer>",)),
-            caption_until="think"),
+                                 stop_strings=("</answer>",), prompt_buckets=(128, 256)),
+            caption_until="think", max_caption_tokens=CAPTION_TOKENS),
         rewards=RewardsSection(),
         grpo=GRPOSection(beta=1e-3, kl_estimator="k3", clip_epsilon=0.2, aggregation="seq_mean_token_mean",
                          num_iterations=1),

@@ -353,13 +353,16 @@ class RolloutSection:
 
     pass1: SamplingSection = SamplingSection(num_samples=4, stop_strings=("</answer>",),
                                            prompt_buckets=(320, 384, 512, 768, 1024))
-    # pass 2's prompts are spliced on device to one static width: it takes no prompt_buckets
+    # pass 2's prompts are spliced on device to the static width of the caption budget; its
+    # prompt_buckets are smaller prefill widths, the smallest that holds a batch's longest prompt is
+    # prefilled (one compiled program holds them all)
     pass2: SamplingSection = SamplingSection(num_samples=1, stop_strings=("</answer>",))
     two_pass: bool = True
     # pass 2 sees the pass-1 text before the first <think> (caption only, the method) or <answer>
     # (caption + think, method.md 8.3); the rule of `jaxbiqa.rewards.split_caption`
     caption_until: Literal["think", "answer"] = "think"
-    # longest caption (in tokens) pass 2 accepts; longer ones are flagged like a missing caption.
+    # the caption budget: longest caption (in tokens) pass 2 accepts, longer ones are flagged like a
+    # missing caption; it sets pass 2's prompt width (budget + template) and cache.
     # 0: pass1.max_new_tokens (+ the few tokens a split token can add), i.e. never in practice
     max_caption_tokens: int = 0
     # the policy the training rollout decodes with (`jaxbiqa.rollout.policy_copy`): a copy in the
@@ -370,10 +373,6 @@ class RolloutSection:
     def __post_init__(self):
         if self.max_caption_tokens < 0:
             raise ValueError(f"RolloutSection.max_caption_tokens={self.max_caption_tokens} must be >= 0")
-        if self.pass2.prompt_buckets:
-            raise ValueError(f"rollout.pass2.prompt_buckets={self.pass2.prompt_buckets}: pass 2's prompts are spliced "
-                             "on device to one static width (caption budget + template), so it takes no buckets; "
-                             "leave it empty")
 
 
 # ---------------------------------------------------------------- grpo, optim, sft, checkpoint
@@ -588,6 +587,11 @@ class ModelSection:
     allow_bf16_master_weights: bool = False
     remat: bool = True
     scan_layers: bool = True
+    # decoder attention: "blocked" reads only the filled part of the KV cache, in blocks of
+    # `attention_block` slots with an online softmax, and a prefill attends over its own keys only;
+    # "dense" is one masked softmax over every cache slot (the reference the tests compare with)
+    attention: Literal["dense", "blocked"] = "blocked"
+    attention_block: int = 64
     lora_rank: int = 0  # 0: full fine-tuning; the method's LoRA option is rank 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.1

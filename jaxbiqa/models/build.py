@@ -48,13 +48,14 @@ def has_weights(path: epath.Path) -> bool:
 
 
 def model_config(section, path: epath.Path) -> ModelConfig:
-    """The ModelConfig of `path` with the section's dtypes, remat, scanned layers and LoRA."""
+    """The ModelConfig of `path` with the section's dtypes, remat, scanned layers, attention and LoRA."""
     lora = None
     if section.lora_rank > 0:
         lora = LoraConfig(rank=section.lora_rank, alpha=section.lora_alpha, dropout=section.lora_dropout,
                           target_modules=tuple(section.lora_targets), param_dtype=section.lora_dtype)
     return read_config(path, section.dtype, section.param_dtype, remat=section.remat,
-                       scan_layers=section.scan_layers, lora=lora)
+                       scan_layers=section.scan_layers, attention=section.attention,
+                       attention_block=section.attention_block, lora=lora)
 
 
 def build_policy(section, *, seed: int = 0, mesh=None, rules: LogicalRules = DEFAULT_RULES) -> nnx.Module:

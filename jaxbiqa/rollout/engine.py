@@ -8,6 +8,12 @@ evaluation at `<think>` and at `<answer>` (caption + think, method.md 8.3), both
 sets decoded together. Both passes and the pass-2 prompt construction run as ONE compiled
 program: `pass2.splice_prompts` builds the prompts from the pass-1 tokens on device.
 
+Pass 2 is sized to its captions: the spliced prompts have the static width of the caption budget
+(`max_caption_tokens` + template) and the program prefills only their last `w` columns, `w` the
+smallest of `pass2.prompt_buckets` (and that full width) holding the batch's longest prompt: one
+`lax.switch` branch per width, so no bucket compiles again. The cache keeps the full width's
+capacity, so one decode loop serves every bucket (blocked attention never reads the unused slots).
+
 Rows: pass-1 row `b * G + g` is sample g of prompt b; pass-2 prompt row `s * R1 + r` is split s of
 pass-1 row r (R1 pass-1 rows), and pass-2 row `p * G2 + j` is sample j of pass-2 prompt row p.
 """
@@ -75,6 +81,35 @@ def _prefill(model, prompts: PromptBatch, config: SamplingSection):
     return prefill(model, prompts, config.max_new_tokens, config.num_samples, config.cache_dtype)
 
 
+def bucket_widths(buckets: Sequence[int], width: int) -> tuple[int, ...]:
+    """The prefill widths of text-only prompts left padded to `width`: the buckets below it, and it."""
+    return tuple(sorted({b for b in buckets if b < width} | {width}))
+
+
+def bucketed_prefill(model, prompts: PromptBatch, config: SamplingSection, widths: Sequence[int]):
+    """`prefill` of text-only, left-padded `prompts` over only their last `w` columns, `w` the
+    smallest of `widths` that holds every row's real tokens (`lax.switch`: one compiled branch per
+    width); the cache has the capacity of the full width either way."""
+    graphdef, state = nnx.split(model)
+    full = prompts.length
+    capacity = full + config.max_new_tokens
+
+    def branch(w: int):
+        def run():
+            cut = PromptBatch(prompts.input_ids[:, full - w:], prompts.attention_mask[:, full - w:],
+                              prompts.positions[:, :, full - w:], prompts.rope_deltas)
+            # a fresh module per branch: NNX rejects Variables traced outside the branch
+            return prefill(nnx.merge(graphdef, state, copy=True), cut, capacity - w, config.num_samples,
+                           config.cache_dtype)
+        return run
+
+    if len(widths) == 1:
+        return branch(full)()
+    longest = jnp.max(jnp.sum(prompts.attention_mask, axis=1))
+    index = jnp.searchsorted(jnp.asarray(widths), longest)  # the first width >= longest
+    return jax.lax.switch(index, [branch(w) for w in widths])
+
+
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("pass1", "pass2", "max_caption"))
 def _two_pass_program(graphdef, state, prompts: PromptBatch, key, stops1, stops2, splits: tuple[SpliceTables, ...],
                       *, pass1: SamplingSection, pass2: SamplingSection, max_caption: int):
@@ -87,7 +122,8 @@ def _two_pass_program(graphdef, state, prompts: PromptBatch, key, stops1, stops2
                for tables in splits]
     ids, mask, has_caption = (jnp.concatenate(parts) for parts in zip(*spliced))
     text_only = PromptBatch(ids, mask, text_positions(mask), jnp.zeros(ids.shape[0], jnp.int32))
-    second, _ = decode(model, _prefill(model, text_only, pass2), key2, stops2, DecodeSpec.of(pass2))
+    widths = bucket_widths(pass2.prompt_buckets, ids.shape[1])
+    second, _ = decode(model, bucketed_prefill(model, text_only, pass2, widths), key2, stops2, DecodeSpec.of(pass2))
     return first, ids, mask, has_caption, second
 
 

@@ -11,7 +11,10 @@ import pytest
 from host_pass2 import host_rollout
 from rollout_helpers import EOS, PAD, THINK, TOY_VOCAB, image_prompts, random_model, toy_decode, toy_encode
 
+from jaxbiqa.models.qwen2_5_vl import text_positions
 from jaxbiqa.rollout import Rollout, RolloutSection, SamplingSection
+from jaxbiqa.rollout.batch import PromptBatch
+from jaxbiqa.rollout.engine import bucket_widths, bucketed_prefill
 
 
 def render(caption: str) -> str:
@@ -92,3 +95,29 @@ def test_single_pass(model, config):
     single = rollout(dataclasses.replace(config, two_pass=False))
     out = single(model, single.prepare(model, *inputs()), jax.random.key(7))
     assert out.pass1.tokens.shape == (6, 20) and out.pass2 is None and out.has_caption is None
+
+
+def test_pass2_prefills_its_bucket(model, config):
+    """Pass 2 prefills the smallest bucket that holds its longest prompt (the cache index says which
+    branch ran) and decodes the same tokens and log-probs as from the full width; the bucketed
+    program compiles once."""
+    key = jax.random.key(7)
+    full = rollout(config)
+    a = full(model, full.prepare(model, *inputs()), key)
+    longest = int(a.pass2_attention_mask.sum(1).max())
+    width = full.pass2_width
+    assert longest < width - 1
+    buckets = (longest - 1, longest, width - 1)
+    prompts = PromptBatch(a.pass2_input_ids, a.pass2_attention_mask, text_positions(a.pass2_attention_mask),
+                          np.zeros(len(a.pass2_input_ids), np.int32))
+    prefilled = jax.jit(lambda p: bucketed_prefill(model, p, config.pass2, bucket_widths(buckets, width)))(prompts)
+    assert int(prefilled.cache.index) == longest and prefilled.cache.k.shape[3] == width + config.pass2.max_new_tokens
+
+    bucketed = rollout(dataclasses.replace(config, pass2=config.pass2.replace(prompt_buckets=buckets)))
+    b = bucketed(model, bucketed.prepare(model, *inputs()), key)
+    np.testing.assert_array_equal(b.pass2_input_ids, a.pass2_input_ids)
+    np.testing.assert_array_equal(b.pass2.tokens, a.pass2.tokens)
+    np.testing.assert_allclose(b.pass2.logprobs, a.pass2.logprobs, atol=1e-5)
+    compiled = Rollout.compile_count()
+    bucketed(model, bucketed.prepare(model, *inputs()), jax.random.key(8))
+    assert Rollout.compile_count() == compiled

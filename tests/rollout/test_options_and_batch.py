@@ -8,6 +8,7 @@ from rollout_helpers import GRID, IMAGE_TOKEN, PAD, image_prompts, tiny_config
 
 from jaxbiqa.config import ConfigError, apply_override
 from jaxbiqa.rollout import RolloutSection, SamplingSection, pick_bucket, prepare_prompts
+from jaxbiqa.rollout.engine import bucket_widths
 
 
 @pytest.mark.parametrize("field,value", [("max_new_tokens", 0), ("num_samples", 0), ("temperature", 0.0),
@@ -30,10 +31,11 @@ def test_rollout_config_takes_config_overrides():
         apply_override(config, "caption_until=<think>")
 
 
-def test_pass2_takes_no_prompt_buckets():
-    """Pass 2's prompts are spliced to one static width: buckets there would be ignored, so they are refused."""
-    with pytest.raises(ValueError, match="pass2.prompt_buckets"):
-        RolloutSection(pass2=SamplingSection(prompt_buckets=(256,)))
+def test_pass2_bucket_widths():
+    """Pass 2's buckets are prefill widths below the spliced width, which is always the last one."""
+    assert bucket_widths((), 90) == (90,)
+    assert bucket_widths((32, 64, 128), 90) == (32, 64, 90)
+    assert RolloutSection(pass2=SamplingSection(prompt_buckets=(256,))).pass2.prompt_buckets == (256,)
 
 
 def test_pick_bucket():

@@ -105,6 +105,11 @@ class ModelConfig:
     remat: bool = False  # nnx.remat around each decoder / vision layer
     scan_layers: bool = False  # one compiled layer body applied with nnx.scan
     lora: LoraConfig | None = None  # adapters on the decoder projections; None = plain model
+    # decoder attention (`text.attention`): "blocked" reads only the filled part of the KV cache
+    # (key blocks of `attention_block` slots, online softmax); "dense" attends over every cache
+    # slot with one masked softmax (the reference)
+    attention: Literal["dense", "blocked"] = "blocked"
+    attention_block: int = 64
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

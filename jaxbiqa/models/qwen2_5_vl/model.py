@@ -62,7 +62,8 @@ class Qwen2_5_VLForConditionalGeneration(nnx.Module):
         self.visual = VisionTower(config.vision, dtype=config.dtype, param_dtype=config.param_dtype,
                                   remat=config.remat, rngs=rngs)
         self.model = TextModel(config.text, lora=config.lora, dtype=config.dtype, param_dtype=config.param_dtype,
-                               remat=config.remat, scan_layers=config.scan_layers, rngs=rngs)
+                               remat=config.remat, scan_layers=config.scan_layers, attention=config.attention,
+                               attention_block=config.attention_block, rngs=rngs)
         self.lm_head = None if config.tie_word_embeddings else Linear(
             config.text.hidden_size, config.text.vocab_size, axes=("embed", "vocab"), use_bias=False,
             dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype), rngs=rngs)
