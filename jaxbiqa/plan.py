@@ -5,7 +5,11 @@ built with `nnx.eval_shape` and placed by `jaxbiqa.sharding`, as `models.qwen2_5
 the reference policy (the size of the trainable parameters: `rl.step` copies them, LoRA adapters
 as zeros, and shares the frozen base), gradients (the float32 accumulator of `rl.step` plus one
 micro-batch gradient in the parameter dtype), the optimizer state (`jax.eval_shape` of the optimizer's `init`, each moment
-placed like its parameter) and the rollout KV cache (`text.init_cache` shapes, `CACHE_AXES`).
+placed like its parameter), the rollout's copy of the policy (`rollout.policy_layout`: every
+parameter in the compute dtype, placed by the layout's rules; none when the layout is the training
+one and the parameters are already in the compute dtype) and the KV caches of pass 1 and pass 2
+(`text.init_cache` shapes, `CACHE_AXES`; pass 2: one row per pass-1 sample and pass-2 sample, its
+prompt the caption budget plus the template).
 
 Estimated: activations. Per row of a micro-batch, one decoder layer saves for the backward pass
     A_layer = T * c * (8E + 2E/t + 6M/t + 2K/t) + (H/t) * T * S * (c + 4)
@@ -23,10 +27,12 @@ without:               A = L * A_layer + max(A_layer, A_head);
 times the rows of a micro-batch on one device. A trained vision tower adds the same terms for its
 blocks (one image per row; windowed blocks attend within a window). The rollout holds the KV
 cache, the prompts' cache before it is repeated for the G samples (1/G of it), and the larger of
-one prefill layer for the prompts and the decode logits.
+one prefill layer for the prompts and the decode logits; pass 2 the same for its rows and prompts.
 
-Peaks: rollout = parameters + reference + optimizer + KV cache + rollout working set; update =
-parameters + reference + optimizer + gradients + activations. A plan fits when the larger peak is
+Peaks: rollout = parameters + reference + optimizer + rollout copy + the larger of (pass-1 KV
+cache + its working set) and (pass-2 KV cache + its working set): the two passes run one after
+the other in one program, which frees pass 1's cache once pass 2 starts; update = parameters +
+reference + optimizer + gradients + activations. A plan fits when the larger peak is
 at most `headroom` x the device memory (the rest: XLA temporaries, fragmentation, runtime).
 """
 
@@ -78,11 +84,16 @@ class Workload:
     freeze_vision: bool = True
     reference: bool = True           # a KL term (beta > 0) needs the reference policy
     logprob_chunk_size: int = 256
+    # pass 2 (0: none): its prompt (caption budget + template) and new tokens, samples per pass-1 sample
+    pass2_prompt_length: int = 448   # the method's 384-token caption budget + the template
+    pass2_new_tokens: int = 1024
+    pass2_samples: int = 1
+    rollout_layout: str = "training"  # rollout.policy_layout
 
     def __post_init__(self):
         small = {k: v for k, v in dataclasses.asdict(self).items()
                  if isinstance(v, int) and not isinstance(v, bool)
-                 and v < (0 if k in ("micro_batch_size", "image_tokens") else 1)}
+                 and v < (0 if k in ("micro_batch_size", "image_tokens", "pass2_prompt_length") else 1)}
         if small:
             raise ValueError(f"workload sizes must be >= 1 (micro_batch_size, image_tokens >= 0), got {small}")
         if self.image_tokens > self.prompt_length:
@@ -98,6 +109,14 @@ class Workload:
     def length(self) -> int:
         return self.prompt_length + self.new_tokens
 
+    def pass2(self) -> "Workload | None":
+        """Pass 2 as a text-only workload: each pass-1 row is a prompt."""
+        if not self.pass2_prompt_length:
+            return None
+        return dataclasses.replace(self, prompts=self.rows, samples=self.pass2_samples, image_tokens=0,
+                                   prompt_length=self.pass2_prompt_length, new_tokens=self.pass2_new_tokens,
+                                   pass2_prompt_length=0)
+
 
 @dataclasses.dataclass(frozen=True)
 class MemoryPlan:
@@ -112,8 +131,11 @@ class MemoryPlan:
     reference: int
     gradients: int
     optimizer: int
+    rollout_copy: int
     kv_cache: int
     rollout_activations: int
+    pass2_kv_cache: int
+    pass2_activations: int
     update_activations: int
     update_activations_other: int  # with the other remat setting, for comparison
     remat: bool
@@ -122,7 +144,8 @@ class MemoryPlan:
 
     @property
     def rollout_peak(self) -> int:
-        return self.parameters + self.reference + self.optimizer + self.kv_cache + self.rollout_activations
+        passes = max(self.kv_cache + self.rollout_activations, self.pass2_kv_cache + self.pass2_activations)
+        return self.parameters + self.reference + self.optimizer + self.rollout_copy + passes
 
     @property
     def update_peak(self) -> int:
@@ -206,6 +229,21 @@ def optimizer_bytes(trainable: nnx.State, shardings: Mapping, optimizer: Any, me
     return int(sum(jax.tree.leaves(placed)))
 
 
+def rollout_copy_bytes(config: ModelConfig, mesh_shape: Mapping[str, int], layout: str,
+                       rules: LogicalRules = DEFAULT_RULES) -> int:
+    """Bytes per device of the rollout's copy of the policy (`jaxbiqa.rollout.policy_copy`)."""
+    from jaxbiqa.models.qwen2_5_vl.weights import leaf_shardings
+    from jaxbiqa.rollout.policy_copy import layout_rules
+
+    state = _abstract_params(config)
+    dtypes = {np.dtype(v.get_value().dtype) for _, v in nnx.to_flat_state(state)}
+    if layout == "training" and dtypes <= {np.dtype(config.dtype)}:
+        return 0  # nothing to cast or move: the rollout decodes the training parameters
+    shardings = leaf_shardings(state, _mesh(mesh_shape), layout_rules(layout, rules))
+    return sum(_device_bytes(jax.ShapeDtypeStruct(v.get_value().shape, config.dtype), shardings[p])
+               for p, v in nnx.to_flat_state(state))
+
+
 def kv_cache_bytes(config: ModelConfig, rows: int, length: int, mesh_shape: Mapping[str, int],
                    rules: LogicalRules = DEFAULT_RULES) -> int:
     """Bytes per device of `init_cache(config, rows, length)` placed by `CACHE_AXES`."""
@@ -268,13 +306,15 @@ def _vision_bytes(config: ModelConfig, workload: Workload, t: int, c: int, remat
 
 def rollout_activation_bytes(config: ModelConfig, workload: Workload, mesh_shape: Mapping[str, int],
                              kv_cache: int, rules: LogicalRules = DEFAULT_RULES) -> int:
-    """Estimated working set per device of sampling, beside the KV cache itself (the prefill's
-    queries attend over the whole cache length)."""
+    """Estimated working set per device of sampling, beside the KV cache itself. The prefill's
+    queries attend over the whole cache length with `model.attention="dense"`, over one block of
+    `attention_block` keys at a time with "blocked" (the online softmax keeps no more)."""
     tc, t = config.text, int(mesh_shape.get("tensor", 1))
     c = np.dtype(config.dtype).itemsize
     shards = batch_shards(mesh_shape, rules)
     prompts = math.ceil(workload.prompts / shards)
-    prefill = prompts * (_layer_bytes(workload.prompt_length, workload.length, tc.hidden_size,
+    keys = min(config.attention_block, workload.length) if config.attention == "blocked" else workload.length
+    prefill = prompts * (_layer_bytes(workload.prompt_length, keys, tc.hidden_size,
                                       tc.intermediate_size, tc.num_attention_heads,
                                       tc.num_key_value_heads * tc.head_dim, c, t) + 4 * _split(tc.vocab_size, t))
     decode = 2 * (workload.rows // shards) * 4 * _split(tc.vocab_size, t)
@@ -324,13 +364,18 @@ def plan(config: ModelConfig, mesh_shape: Mapping[str, int], workload: Workload 
     trainable_elements = sum(_device_bytes(v.get_value(), shardings[p]) // np.dtype(v.get_value().dtype).itemsize
                              for p, v in nnx.to_flat_state(trainable))
     kv = kv_cache_bytes(config, workload.rows, workload.length, mesh_shape, rules)
+    second = workload.pass2()
+    kv2 = 0 if second is None else kv_cache_bytes(config, second.rows, second.length, mesh_shape, rules)
     rows = micro // shards
     return MemoryPlan(
         mesh=dict(mesh_shape), total_params=trainable_count + frozen_count, trainable_params=trainable_count,
         micro_rows_per_device=rows, parameters=trainable_bytes + frozen_bytes, trainable=trainable_bytes,
         reference=trainable_bytes if workload.reference else 0, gradients=4 * trainable_elements + trainable_bytes,
         optimizer=optimizer_bytes(trainable, shardings, optimizer or default_optimizer(), mesh_shape),
+        rollout_copy=rollout_copy_bytes(config, mesh_shape, workload.rollout_layout, rules),
         kv_cache=kv, rollout_activations=rollout_activation_bytes(config, workload, mesh_shape, kv, rules),
+        pass2_kv_cache=kv2,
+        pass2_activations=0 if second is None else rollout_activation_bytes(config, second, mesh_shape, kv2, rules),
         update_activations=update_activation_bytes(config, rows, workload, mesh_shape, config.remat),
         update_activations_other=update_activation_bytes(config, rows, workload, mesh_shape, not config.remat),
         remat=config.remat, capacity=capacity, headroom=headroom)

@@ -38,6 +38,9 @@ from typing import Any
 from jaxbiqa.plan import ACCELERATORS, GiB
 
 MODEL_PRESETS = ("qwen2.5-vl-7b",)
+# pass 2's prompt beyond the caption: the chat template and the method's instruction (64 tokens
+# with the Qwen tokenizer, rounded up; `Rollout.pass2_width` is the exact width of a run)
+PASS2_TEMPLATE_TOKENS = 64
 DTYPES = ("float32", "bfloat16", "float16")
 UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -90,6 +93,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     step.add_argument("--prompt-length", type=int, default=defaults.prompt_length, help="padded prompt tokens")
     step.add_argument("--image-tokens", type=int, default=defaults.image_tokens)
     step.add_argument("--new-tokens", type=int, default=defaults.new_tokens)
+    step.add_argument("--pass2-prompt-length", type=int, default=defaults.pass2_prompt_length,
+                      help="pass 2's prompt: caption budget + template (0: no pass 2)")
+    step.add_argument("--pass2-new-tokens", type=int, default=defaults.pass2_new_tokens)
+    step.add_argument("--rollout-layout", choices=("training", "tensor", "replicated"),
+                      default=defaults.rollout_layout, help="rollout.policy_layout: the rollout's copy of the policy")
     step.add_argument("--micro-batch", type=int, default=0, help="rows per update micro-batch (0: all at once)")
     step.add_argument("--chunk", type=int, default=defaults.logprob_chunk_size, help="log-prob sequence chunk")
     out = parser.add_mutually_exclusive_group()
@@ -161,11 +169,16 @@ def _recipe_runs(args: argparse.Namespace) -> list[tuple[str, Any, Any, dict[str
         lora = None if not model.lora_rank else LoraConfig(rank=model.lora_rank, param_dtype=model.lora_dtype)
         model_config = _read_model(args, dict(param_dtype=model.param_dtype, dtype=model.dtype, remat=model.remat,
                                               lora=lora))
+        rollout, pass2 = config.rollout, config.rollout.pass2
+        caption = rollout.max_caption_tokens or pass1.max_new_tokens
         workload = Workload(prompts=config.data.global_batch_size, samples=pass1.num_samples,
                             prompt_length=max(pass1.prompt_buckets, default=Workload.prompt_length),
                             new_tokens=pass1.max_new_tokens, micro_batch_size=config.optim.micro_batch_size,
                             freeze_vision=config.optim.freeze_vision, reference=config.grpo.beta > 0,
-                            logprob_chunk_size=config.grpo.logprob_chunk_size)
+                            logprob_chunk_size=config.grpo.logprob_chunk_size,
+                            pass2_prompt_length=caption + PASS2_TEMPLATE_TOKENS if rollout.two_pass else 0,
+                            pass2_new_tokens=pass2.max_new_tokens, pass2_samples=pass2.num_samples,
+                            rollout_layout=rollout.policy_layout)
         mode = "lora" if model.lora_rank else "full"
         runs.append((f"{config.name} ({mode})", model_config, workload, dict(config.runtime.mesh),
                      dict(config.runtime.rules)))
@@ -179,7 +192,9 @@ def _option_runs(args: argparse.Namespace) -> list[tuple[str, Any, Any, dict[str
     workload = Workload(prompts=args.prompts, samples=args.samples, prompt_length=args.prompt_length,
                         image_tokens=args.image_tokens, new_tokens=args.new_tokens,
                         micro_batch_size=args.micro_batch, freeze_vision=not args.train_vision,
-                        reference=not args.no_reference, logprob_chunk_size=args.chunk)
+                        reference=not args.no_reference, logprob_chunk_size=args.chunk,
+                        pass2_prompt_length=args.pass2_prompt_length, pass2_new_tokens=args.pass2_new_tokens,
+                        rollout_layout=args.rollout_layout)
     bad = [m for m in args.mode if m not in ("full", "lora")]
     if bad:
         raise ValueError(f"--mode {bad[0]!r}: expected full, lora or full,lora")
@@ -222,8 +237,8 @@ def _print_breakdown(row: dict[str, Any]) -> None:
         f"hardware: {row['description'] or row['hardware']}",
         f"mesh: {_mesh_text(row['mesh'])} ({devices} devices)",
         f"step: {w['prompts']} prompts x {w['samples']} samples = {w['prompts'] * w['samples']} rows of "
-        f"{w['prompt_length']} + {w['new_tokens']} tokens; update micro-batch of {row['micro_rows_per_device']} "
-        f"rows per device",
+        f"{w['prompt_length']} + {w['new_tokens']} tokens, pass 2 of {w['pass2_prompt_length']} + "
+        f"{w['pass2_new_tokens']}; update micro-batch of {row['micro_rows_per_device']} rows per device",
         f"dtypes: parameters {row['param_dtype']}, compute and KV cache {row['dtype']}",
         f"replicated by rule: {', '.join(row['replicated']) or 'nothing'}",
         "",
@@ -236,8 +251,11 @@ def _print_breakdown(row: dict[str, Any]) -> None:
         ("reference policy", row["reference"]),
         ("gradients (float32 accumulator + one step)", row["gradients"]),
         ("optimizer state (AdamW)", row["optimizer"]),
-        ("KV cache (rollout)", row["kv_cache"]),
-        ("rollout working set (estimate)", row["rollout_activations"]),
+        (f"rollout copy of the policy ({w['rollout_layout']})", row["rollout_copy"]),
+        ("KV cache, pass 1", row["kv_cache"]),
+        ("pass-1 working set (estimate)", row["rollout_activations"]),
+        ("KV cache, pass 2", row["pass2_kv_cache"]),
+        ("pass-2 working set (estimate)", row["pass2_activations"]),
         (f"activations, update, {remat} (estimate)", row["update_activations"]),
         (f"  for comparison: {other}", row["update_activations_other"]),
         ("peak during rollout", row["rollout_peak"]),
@@ -256,7 +274,8 @@ def _print_breakdown(row: dict[str, Any]) -> None:
 
 
 COLUMNS = (("hardware", "hardware"), ("mode", "mode"), ("mesh", "mesh"), ("params", "parameters"),
-           ("reference", "reference"), ("grads", "gradients"), ("optimizer", "optimizer"), ("KV cache", "kv_cache"),
+           ("reference", "reference"), ("grads", "gradients"), ("optimizer", "optimizer"),
+           ("rollout copy", "rollout_copy"), ("KV cache", "kv_cache"), ("pass-2 KV", "pass2_kv_cache"),
            ("activations", "update_activations"), ("peak", "peak"), ("usable", "usable"), ("fits", "fits"),
            ("micro-batch that fits", "largest_fitting_micro_batch"), ("replicated by rule", "replicated"))
 

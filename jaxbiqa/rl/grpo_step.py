@@ -10,7 +10,9 @@
    log-probs to the device;
 3. group advantages (`grpo.advantage`), then the update (`rl.step.UpdateStep`, `num_iterations`
    times; old log-probs stored before the first when > 1), pass-2 rows included with
-   `train.train_pass2` (each with its pass-1 sample's advantage).
+   `train.train_pass2` (each with its pass-1 sample's advantage). With the vision tower frozen the
+   update reuses the image features the rollout's prefill computed (no second tower run, no
+   second upload of the pixels).
 Every process holds the whole global batch and every row's result, so rewards and advantages are
 computed identically everywhere; update batches go to the mesh as global arrays (`Placement`).
 """
@@ -26,7 +28,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jaxbiqa import distributed
 from jaxbiqa.config import Config
@@ -54,11 +55,6 @@ def _stats(prefix: str, values: np.ndarray) -> dict[str, float]:
             f"{prefix}_min": float(values.min()), f"{prefix}_max": float(values.max())}
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _features(graphdef, params, frozen, pixels, plan):
-    return nnx.merge(graphdef, params, frozen).get_image_features(pixels, plan)
-
-
 class GRPOStep:
     """`step(state, data, step, key) -> (state, record, samples)` for one global data batch.
 
@@ -83,14 +79,6 @@ class GRPOStep:
 
     def _global(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         return self.placement.global_batch(batch, ROW_AXIS)
-
-    def image_features(self, state: TrainState, data: Mapping[str, np.ndarray], plan) -> jax.Array:
-        """`[B, tokens, hidden]` vision features of the batch's images (frozen vision tower)."""
-        pixels = np.asarray(data["pixel_values"])
-        with self.placement.scope():
-            features = _features(self.update.graphdef, state.params, state.frozen,
-                                 jnp.asarray(pixels.reshape(-1, pixels.shape[-1])), plan)
-        return features.reshape(pixels.shape[0], -1, features.shape[-1])
 
     def __call__(self, state: TrainState, data: Mapping[str, np.ndarray], step: int,
                  key: jax.Array) -> tuple[TrainState, dict[str, Any], list[dict[str, Any]]]:
@@ -133,9 +121,10 @@ class GRPOStep:
         update_tokens = batch["attention_mask"].sum()  # read with the step's metrics
         grid = batches.same_image_grid(data["image_grid_thw"])
         unsplit = {}
-        if config.optim.freeze_vision:  # the tower's features once per image, not per sample
-            features = self.image_features(state, data, self.plans(grid, len(records)))
-            batch["image_features"] = jnp.repeat(features, group, axis=0)
+        if config.optim.freeze_vision:  # the features the rollout's prefill computed: no second tower run
+            with self.placement.scope():
+                features = device.image_features.reshape(len(records), -1, device.image_features.shape[-1])
+                batch["image_features"] = jnp.repeat(features, group, axis=0)
         else:
             batch["pixel_values"] = np.repeat(np.asarray(data["pixel_values"]), group, axis=0)
             unsplit["vision_plan"] = self.plans(grid, batches.micro_rows(rows, config.optim))

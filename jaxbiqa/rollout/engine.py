@@ -49,6 +49,7 @@ class DeviceRollout(NamedTuple):
     pass2_attention_mask: jax.Array | None
     has_caption: jax.Array | None
     pass2: Completion | None
+    image_features: jax.Array | None  # [image tokens, hidden] of the pass-1 images (`Prefilled.image_features`)
 
 
 class RolloutResult(NamedTuple):
@@ -115,16 +116,17 @@ def _two_pass_program(graphdef, state, prompts: PromptBatch, key, stops1, stops2
                       *, pass1: SamplingSection, pass2: SamplingSection, max_caption: int):
     model = nnx.merge(graphdef, state)
     key1, key2 = jax.random.split(key)
-    first, _ = decode(model, _prefill(model, prompts, pass1), key1, stops1, DecodeSpec.of(pass1))
+    prefilled = _prefill(model, prompts, pass1)
+    first, _ = decode(model, prefilled, key1, stops1, DecodeSpec.of(pass1))
     if not splits:
-        return first, None, None, None, None
+        return first, None, None, None, None, prefilled.image_features
     spliced = [splice_prompts(tables, first.tokens, first.lengths, max_caption, pass2.pad_token_id)
                for tables in splits]
     ids, mask, has_caption = (jnp.concatenate(parts) for parts in zip(*spliced))
     text_only = PromptBatch(ids, mask, text_positions(mask), jnp.zeros(ids.shape[0], jnp.int32))
     widths = bucket_widths(pass2.prompt_buckets, ids.shape[1])
     second, _ = decode(model, bucketed_prefill(model, text_only, pass2, widths), key2, stops2, DecodeSpec.of(pass2))
-    return first, ids, mask, has_caption, second
+    return first, ids, mask, has_caption, second, prefilled.image_features
 
 
 class Rollout:
@@ -183,7 +185,7 @@ class Rollout:
         device = DeviceRollout(*_two_pass_program(
             graphdef, state, prompts, key, self.pass1.stops, self.pass2.stops, self.tables,
             pass1=self.config.pass1, pass2=self.config.pass2, max_caption=self.max_caption))
-        first, ids, mask, has_caption, second = fetch(tuple(device))
+        first, ids, mask, has_caption, second = fetch(tuple(device)[:5])
         texts = completion_texts(first, self.decode)
         if second is None:
             return RolloutResult(first, texts, None, None, None, None, None, device)

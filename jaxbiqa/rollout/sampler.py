@@ -68,6 +68,9 @@ class Prefilled(NamedTuple):
     cache: KVCache  # [layers, R, kv_heads, bucket + max_new_tokens, head_dim]
     logits: jax.Array  # [R, vocab] float32: the next-token logits after the prompt
     next_position: jax.Array  # [R] int32: M-RoPE position of the first generated token
+    # [image tokens, hidden] the vision tower's output for the prompts' images (None without any),
+    # which the GRPO update reuses instead of running the tower again
+    image_features: jax.Array | None = None
 
 
 class Completion(NamedTuple):
@@ -87,7 +90,7 @@ def repeat_rows(prefilled: Prefilled, times: int) -> Prefilled:
         return prefilled
     logits = constrain(jnp.repeat(prefilled.logits, times, axis=0), ("batch", "vocab"))
     return Prefilled(repeat_cache(prefilled.cache, times), logits,
-                     jnp.repeat(prefilled.next_position, times, axis=0))
+                     jnp.repeat(prefilled.next_position, times, axis=0), prefilled.image_features)
 
 
 def prefill(model, prompts: PromptBatch, new_tokens: int, num_samples: int = 1,
@@ -99,11 +102,14 @@ def prefill(model, prompts: PromptBatch, new_tokens: int, num_samples: int = 1,
     mask = constrain(jnp.asarray(prompts.attention_mask, jnp.int32), ("batch", "length"))
     b, t = ids.shape
     cache = init_cache(model.config, b, t + new_tokens, None if cache_dtype == "auto" else cache_dtype)
-    out = model(ids, jnp.asarray(prompts.positions, jnp.int32), mask, prompts.pixel_values, prompts.vision_plan,
-                cache, compute_logits=False)
+    features = None
+    if prompts.pixel_values is not None:
+        features = model.get_image_features(jnp.asarray(prompts.pixel_values), prompts.vision_plan)
+    out = model(ids, jnp.asarray(prompts.positions, jnp.int32), mask, cache=cache, image_features=features,
+                compute_logits=False)
     logits = constrain(model.compute_logits(out.hidden_states[:, -1]), ("batch", "vocab"))
     next_position = jnp.asarray(prompts.rope_deltas, jnp.int32) + jnp.sum(mask, axis=-1, dtype=jnp.int32)
-    return repeat_rows(Prefilled(out.cache, logits, next_position), num_samples)
+    return repeat_rows(Prefilled(out.cache, logits, next_position, features), num_samples)
 
 
 class _Loop(NamedTuple):

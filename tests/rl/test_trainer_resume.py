@@ -135,7 +135,7 @@ def test_reference_after_a_warm_start_is_saved_once_not_per_checkpoint(assets, m
 def test_lora_reference_is_zeroed_adapters(assets, monkeypatch):
     """LoRA with the vision tower frozen: the reference is the zeroed adapters, nothing stored."""
     root, model_dir, data_dir = assets
-    model = ModelSection(path=str(model_dir), param_dtype="float32", dtype="float32", remat=False, scan_layers=False,
+    model = ModelSection(path=str(model_dir), init="random", param_dtype="float32", dtype="float32", remat=False, scan_layers=False,
                          lora_rank=4, lora_alpha=8.0, lora_dropout=0.1)
     config = tiny_config(model_dir, data_dir, root / "lora", model=model, sft=SFTSection(steps=0))
     straight, resumed = _stopped_and_resumed(config, monkeypatch, stop_after=2)
