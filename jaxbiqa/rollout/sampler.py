@@ -227,7 +227,8 @@ class Sampler:
     def decode(self, model, prefilled: Prefilled, key: jax.Array) -> Completion:
         """Decode from `prefilled` (its cache is donated: do not use it afterwards)."""
         graphdef, state = nnx.split(model)
-        completion, _ = _decode_program(graphdef, state, *prefilled, key, self.stops, self.spec)
+        completion, _ = _decode_program(graphdef, state, prefilled.cache, prefilled.logits, prefilled.next_position,
+                                        key, self.stops, self.spec)
         return completion
 
     def __call__(self, model, prompts: PromptBatch, key: jax.Array) -> Completion:
