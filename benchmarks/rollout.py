@@ -23,14 +23,25 @@ rollout both ways. Timings are medians of `--repeats` runs after a warm-up, the 
 
     .venv/bin/python benchmarks/rollout.py [--batch 8 --samples 4 --new-tokens 128 --repeats 3]
     .venv/bin/python benchmarks/rollout.py --table [--table-batches 8,32 --table-tokens 64,128,512,1024]
+    .venv/bin/python benchmarks/rollout.py --mesh [--batch 8 --new-tokens 64]
+
+`--mesh` times greedy decoding on 8 (simulated CPU) devices of the same 18.6M model held as the
+update holds it (FSDP over all 8 on `embed`: every decode step gathers every layer) against the
+rollout's copy of it (`rollout.policy_layout`: "replicated" and "tensor", made by
+`jaxbiqa.rollout.policy_copy.PolicyCopy`): ms per decode step and the ratio, same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
+
+if "--mesh" in sys.argv:  # before jax is imported: 8 CPU devices for the mesh comparison
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 
 import jax
 import jax.numpy as jnp
@@ -39,9 +50,12 @@ import torch
 from flax import nnx
 from common import GRID, median_seconds, special_tokens, torch_vl_model
 
+from jaxbiqa.distributed import Placement
 from jaxbiqa.models.qwen2_5_vl import from_pretrained
 from jaxbiqa.rollout import PromptBatch, Sampler, SamplingSection
+from jaxbiqa.rollout.policy_copy import PolicyCopy
 from jaxbiqa.rollout.sampler import DecodeSpec, decode, prefill
+from jaxbiqa.sharding import DEFAULT_RULES, make_mesh
 
 TOP_K = 50
 
@@ -163,6 +177,41 @@ def decode_table(args) -> None:
     slots_and_buckets(models["blocked"], args, special.pad)
 
 
+def mesh_table(args) -> None:
+    """Decode on an 8-device mesh from the FSDP training layout vs the rollout's copy of the policy."""
+    vocab = 4096
+    special = special_tokens(vocab)
+    reference = torch_vl_model(vocab, layers=8, width=384, vision_width=192)
+    placement = Placement(make_mesh({"data": 1, "fsdp": 8, "tensor": 1}), DEFAULT_RULES)
+    with tempfile.TemporaryDirectory() as directory:
+        reference.save_pretrained(directory)
+        training = from_pretrained(directory, scan_layers=True, mesh=placement.mesh)  # fsdp-sharded, float32
+    ids, mask, pixels, grids = prompts(args.batch, vocab)
+    n = args.new_tokens
+    samplers = {k: Sampler(SamplingSection(max_new_tokens=k, greedy=True, eos_token_ids=(), pad_token_id=special.pad))
+                for k in (2, n)}
+    policies = {"training layout (fsdp=8)": training}
+    with placement.scope():
+        for layout in ("tensor", "replicated"):
+            policies[f"copy: {layout}"] = PolicyCopy(layout, "float32", placement.mesh, placement.rules)(training)
+    fns = {}
+    for name, policy in policies.items():
+        for k, sampler in samplers.items():
+            def run(s=sampler, m=policy):
+                with placement.scope():
+                    return jax.block_until_ready(s(m, s.prepare(m, ids, mask, pixels, grids), jax.random.key(0)).tokens)
+            fns[name, k] = run
+    best = min_seconds(fns, args.repeats)
+    print(f"8 CPU devices, {args.batch} prompts x {n} new tokens, greedy, float32; min of {args.repeats} repeats")
+    print("| policy | ms per decode step | vs training layout |")
+    print("|---|---|---|")
+    base = None
+    for name in policies:
+        ms = 1e3 * (best[name, n] - best[name, 2]) / (n - 2)
+        base = base or ms
+        print(f"| {name} | {ms:.2f} | {base / ms:.2f}x |")
+
+
 def slots_and_buckets(model, args, pad: int) -> None:
     """Per-step time of 64 produced tokens with 128 vs 1024 cache slots; prefill time per prompt bucket."""
     rows, prompt, produced = args.table_batches[0], 64, 64
@@ -220,9 +269,14 @@ def main() -> None:
     parser.add_argument("--table-batches", type=lambda v: [int(x) for x in v.split(",")], default=[8, 32])
     parser.add_argument("--table-tokens", type=lambda v: [int(x) for x in v.split(",")], default=[64, 128, 512, 1024])
     parser.add_argument("--block", type=int, default=64, help="model.attention_block of the blocked path")
+    parser.add_argument("--mesh", action="store_true",
+                        help="decode from the FSDP training layout vs the rollout copy on 8 CPU devices instead")
     args = parser.parse_args()
     if args.table:
         decode_table(args)
+        return
+    if args.mesh:
+        mesh_table(args)
         return
     b, g, n = args.batch, args.samples, args.new_tokens
     special = special_tokens(args.vocab)
