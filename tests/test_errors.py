@@ -7,22 +7,19 @@ weights, in a silently random model). None of them compiles anything: each fails
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from jaxbiqa import cli
 from jaxbiqa.config import ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent / "rl"))
-from trainer_helpers import IMAGE_SIDE, make_assets, write_config_file  # noqa: E402
+from trainer_helpers import make_assets, write_config_file, write_image_records  # noqa: E402
 
 
 def one_error_line(capsys, command: str) -> str:
@@ -38,13 +35,7 @@ def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("errors")
     model_dir, _ = make_assets(root)
     data = root / "data"
-    (data / "images").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    with open(data / "index.jsonl", "w") as index:
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (IMAGE_SIDE, IMAGE_SIDE, 3), np.uint8)).save(data / f"images/{i}.png")
-            index.write(json.dumps({"image": f"images/{i}.png", "id": str(i), "dataset": "toy", "split": "train",
-                                    "mos_norm": 1.0 + i}) + "\n")
+    write_image_records(data, 4)
     config = write_config_file(root / "tiny.py", model_dir, data, root / "out")
     return root, model_dir, data, config
 

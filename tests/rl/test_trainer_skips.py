@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
-from trainer_helpers import IMAGE_SIDE, make_assets, write_config_file
+from trainer_helpers import make_assets, write_config_file, write_image_records
 
 from jaxbiqa import cli
 
@@ -23,13 +21,7 @@ pytestmark = pytest.mark.slow  # one warm start compiled (about 30 s on 2 cores)
 def test_a_run_of_skipped_updates_stops_and_skipped_records_are_logged(tmp_path, capsys):
     model_dir, _ = make_assets(tmp_path)
     data = tmp_path / "data"
-    (data / "images").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    with open(data / "index.jsonl", "w") as index:
-        for i in range(5):
-            Image.fromarray(rng.integers(0, 255, (IMAGE_SIDE, IMAGE_SIDE, 3), np.uint8)).save(data / f"images/{i}.png")
-            index.write(json.dumps({"image": f"images/{i}.png", "id": str(i), "dataset": "toy", "split": "train",
-                                    "mos_norm": 1.0 + i}) + "\n")
+    write_image_records(data, 5)
     (data / "images" / "4.png").write_bytes(b"not a PNG")
     out = tmp_path / "out"
     config = write_config_file(tmp_path / "tiny.py", model_dir, data, out)

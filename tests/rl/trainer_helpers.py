@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from jaxbiqa.config import (
     CheckpointSection, Config, DataSection, EvalSection, GRPOSection, ModelSection, OptimSection, RolloutSection,
     SFTSection, SamplingSection)
@@ -26,6 +29,18 @@ def make_assets(root: Path) -> tuple[Path, Path]:
         build_demo_tokenizer(model_dir, TINY_SPEC.bpe_vocab)
         (model_dir / "config.json").write_text(json.dumps(demo_model_config(TINY_SPEC)))
     return model_dir, data_dir
+
+
+def write_image_records(data: Path, count: int) -> Path:
+    """A JSON-lines set of `count` random images (`IMAGE_SIDE` pixels, MOS 1, 2, ...) in `data`."""
+    (data / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    with open(data / "index.jsonl", "w") as index:
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (IMAGE_SIDE, IMAGE_SIDE, 3), np.uint8)).save(data / f"images/{i}.png")
+            index.write(json.dumps({"image": f"images/{i}.png", "id": str(i), "dataset": "toy", "split": "train",
+                                    "mos_norm": 1.0 + i}) + "\n")
+    return data
 
 
 def tiny_settings(model_dir: Path, data_dir: Path, output_dir: Path | str) -> dict:
