@@ -288,3 +288,13 @@ def test_sigterm_saves_then_exits_cleanly(tmp_path):
         assert ckpt.all_steps() == [saved_step]
         restored = ckpt.restore(restore_target({"x": jnp.zeros(3)}))
     np.testing.assert_array_equal(np.asarray(restored.state["x"]), np.full(3, saved_step, np.float32))
+
+
+def test_temporary_folders_of_a_killed_save_are_removed(tmp_path):
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(1, _small_state(), force=True)
+    leftover = tmp_path / "2.orbax-checkpoint-tmp-1234567"  # what a save killed mid-write leaves
+    (leftover / "state").mkdir(parents=True)
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.all_steps() == [1]
+    assert not leftover.exists()

@@ -142,6 +142,17 @@ def test_single_pass_writes_the_image_rating_only(setup, tmp_path):
     assert list(result.metrics["datasets"]["synthetic"]["columns"]) == ["overall_score"]
 
 
+def test_a_stopped_evaluation_keeps_its_rows_as_partial(setup, tmp_path):
+    """A signal during the evaluation (the trainer's guard answers `should_stop`): the rows so far
+    are kept under a name that says so, and no predictions or metrics file claims a whole run."""
+    config, model, processor = setup
+    with pytest.raises(InterruptedError, match="after 4 records"):
+        evaluate(model, processor, eval_pipeline(config.data, processor), tmp_path, rollout=config.rollout,
+                 settings=EvalSection(batch_size=4, two_pass=False, max_examples=8), should_stop=lambda: True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.jsonl.partial"]
+    assert len(read_jsonl(tmp_path / "predictions.jsonl.partial")) == 4
+
+
 def test_images_of_two_shapes_keep_their_proportions_and_compile_once_each(setup, tmp_path):
     """Square and 4:3 crops of real photos in one evaluation: each is resized at its own proportions
     (grids 8x8 and 6x8 patches at 12,544 pixels), batches hold one shape each (a short batch where
