@@ -108,8 +108,8 @@ def _cache_traffic(attention: str) -> tuple[list[str], list[str]]:
     prefilled = sampler.prefill(model, sampler.prepare(model, ids, mask))
     layers, rows, heads, slots, dim = prefilled.cache.k.shape
     graphdef, state = nnx.split(model)
-    hlo = _decode_program.lower(graphdef, state, *prefilled, jax.random.key(0), sampler.stops,
-                                sampler.spec).compile().as_text()
+    hlo = _decode_program.lower(graphdef, state, prefilled.cache, prefilled.logits, prefilled.next_position,
+                                jax.random.key(0), sampler.stops, sampler.spec).compile().as_text()
     whole = rf"f32\[{layers},{rows},{heads},{slots},{dim}\]"
     layer = rf"f32\[(?:1,)?{rows},{heads},{slots},{dim}\]"
     lines = [line for body in _loop_bodies(hlo).values() for line in body]

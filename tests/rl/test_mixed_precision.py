@@ -40,6 +40,11 @@ def test_recipe_is_float32_master_weights_under_bf16_compute() -> None:
 def test_bf16_compute_update_equals_float32_update() -> None:
     mixed, reference = _update("float32", "bfloat16"), _update("float32", "float32")
     for path in reference:  # the amount each tensor moves
+        if path[-2:] == ("k_proj", "bias"):
+            # its gradient is zero in exact arithmetic (a key bias adds the same q.b to all of a
+            # query's logits, which the softmax ignores): Adam's first step turns rounding noise into
+            # +-lr or, where the noise is exactly 0, into 0, so its norm measures noise
+            continue
         ref_norm = np.linalg.norm(reference[path])
         if ref_norm:
             assert abs(np.linalg.norm(mixed[path]) / ref_norm - 1) <= 1e-2, path

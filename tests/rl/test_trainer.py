@@ -172,7 +172,6 @@ def test_update_batch_scores_what_the_sampler_sampled(tmp_path_factory):
 
     from jaxbiqa.models.build import build_policy
     from jaxbiqa.rl import batches
-    from jaxbiqa.rl.grpo_step import GRPOStep
     from jaxbiqa.rollout import Rollout
 
     root = tmp_path_factory.mktemp("wiring")
@@ -180,14 +179,9 @@ def test_update_batch_scores_what_the_sampler_sampled(tmp_path_factory):
     config = tiny_config(model_dir, data_dir, root / "out")
     trainer = Trainer(config, train=TrainSection(progress=False))
     model = build_policy(config.model, seed=0)
-    plans = batches.VisionPlans(model.config.vision)
     rollout = Rollout.from_processor(config.rollout, trainer.processor, model.config.text.vocab_size)
     step_fn = trainer._grpo_update(model)
     state = step_fn.init(model)
-    grpo_step = GRPOStep(config, rollout=rollout, reward_fn=trainer.reward_fn, update=step_fn, reference=None,
-                         placement=trainer.placement, plans=plans, eos_ids=trainer.eos_ids, train_pass2=False,
-                         samples_per_log=0)
-    grpo_step.close()
     placeholders = (model.config.image_token_id, model.config.video_token_id)
     iterator, cuts, scored = trainer._pipeline(2, None), 0, 0
     for seed in range(4):
@@ -197,7 +191,8 @@ def test_update_batch_scores_what_the_sampler_sampled(tmp_path_factory):
         device = result.device  # the rows are built from the rollout's device arrays
         batch, cut = batches.grpo_pass1(prompts, device.pass1.tokens, device.pass1.lengths, group=2,
                                         eos_ids=trainer.eos_ids, placeholder_ids=placeholders, pad_id=0)
-        features = grpo_step.image_features(state, data, plans(batches.same_image_grid(data["image_grid_thw"]), 2))
+        # the update's image features are those the rollout's prefill computed (GRPOStep reuses them)
+        features = device.image_features.reshape(len(data["mos_norm"]), -1, device.image_features.shape[-1])
         batch["image_features"] = jnp.repeat(features, 2, axis=0)
         mask = np.asarray(batch["completion_mask"]) > 0
         logps = np.asarray(step_fn.logprobs(state.params, state.frozen, batch))
