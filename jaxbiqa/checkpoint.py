@@ -157,11 +157,12 @@ class Checkpointer:
         self.save_interval_steps = save_interval_steps
         self.save_interval_seconds = save_interval_minutes * 60
         self._last_save = time.monotonic()
-        # the interval is applied here: orbax would also save the first step it sees; temporary
-        # folders of a save that a killed process left behind are removed
+        if jax.process_index() == 0 and self.directory.is_dir():
+            for leftover in self.directory.glob("*.orbax-checkpoint-tmp*"):  # of a save killed midway
+                leftover.rmtree()
+        # the interval is applied here: orbax would also save the first step it sees
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=1,
-                                               enable_async_checkpointing=async_save, create=True,
-                                               cleanup_tmp_directories=True)
+                                               enable_async_checkpointing=async_save, create=True)
         import grain  # slow to import; needed only once checkpoints are in use
 
         handlers = dict(state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler(),
