@@ -211,27 +211,28 @@ class Checkpointer:
                                     f"(have {sorted(self.manager.all_steps())})")
         try:
             saved = set(self.manager.item_metadata(step).keys())  # the items on disk
-            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+            restore_data = data_iterator is not None and "data" in saved
+            if restore_data:  # the process count it was saved with, before anything is restored
+                meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
         except Exception as error:
             raise UnreadableCheckpoint(step, self.directory, error) from error
         items = dict(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
         if "config" in saved:
             items["config"] = ocp.args.JsonRestore()
-        restore_data = data_iterator is not None and "data" in saved
         if restore_data:
             import grain
             processes = meta.get("processes", 1)
             if processes != jax.process_count():
                 raise UserError(f"checkpoint step {step} in {self.directory} holds the data position of {processes} "
-                                 f"process(es), this run has {jax.process_count()}: resume with {processes}, or "
-                                 "restore without a data iterator (the arrays restore on any number of processes)")
+                                f"process(es), this run has {jax.process_count()}: resume with {processes}, or "
+                                "restore without a data iterator (the arrays restore on any number of processes)")
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as error:
             if _target_mismatch(error):  # the checkpoint is whole; the model it is restored into differs
                 raise UserError(f"checkpoint step {step} in {self.directory} does not fit this run's train state "
-                                 f"(a different model or config?): {_first_line(error)}") from error
+                                f"(a different model or config?): {_first_line(error)}") from error
             raise UnreadableCheckpoint(step, self.directory, error) from error
         config = out["config"] if "config" in items else None
         return Restored(int(out.meta["step"]), out.state, _key_from_json(out.meta["key"]), config, restore_data)
